@@ -1,0 +1,103 @@
+"""Command line: python -m minids train | sample | bench | grade | exercises."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(argv):
+    from .config import PRESETS, TrainConfig, get_preset
+    from .train import train
+
+    ap = argparse.ArgumentParser(prog="python -m minids train")
+    ap.add_argument("--preset", default="baseline", choices=sorted(PRESETS))
+    ap.add_argument("--out-dir", default="out", help="checkpoint and metrics.jsonl go here")
+    ap.add_argument("--resume", action="store_true", help="continue exactly from out-dir's checkpoint")
+    ap.add_argument("--max-iters", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--block-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    args = ap.parse_args(argv)
+    changes = {k: v for k, v in dict(max_iters=args.max_iters, batch_size=args.batch_size,
+                                     block_size=args.block_size, learning_rate=args.lr,
+                                     device=args.device, dtype=args.dtype, num_threads=args.threads,
+                                     seed=args.seed).items() if v is not None}
+    tc = TrainConfig(out_dir=args.out_dir, compile=args.compile, **changes)
+    res = train(get_preset(args.preset), tc, resume=args.resume)
+    print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
+          f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {args.out_dir}/")
+
+
+def _sample(argv):
+    import torch
+
+    from .generate import generate
+    from .train import CHECKPOINT, load_model
+
+    ap = argparse.ArgumentParser(prog="python -m minids sample")
+    ap.add_argument("--out-dir", default="out")
+    ap.add_argument("--prompt", default="\n")
+    ap.add_argument("--tokens", type=int, default=500)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--top-p", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=1337)
+    args = ap.parse_args(argv)
+    model, tok, _ = load_model(f"{args.out_dir}/{CHECKPOINT}")
+    idx = torch.tensor([tok.encode(args.prompt)])
+    g = torch.Generator().manual_seed(args.seed)
+    out = generate(model, idx, args.tokens, args.temperature, args.top_k, args.top_p, generator=g)
+    print(tok.decode(out[0]))
+
+
+def _bench(argv):
+    from .benchmarks import available, run
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m minids bench NAME [options]; NAME in: {', '.join(available())}")
+        return
+    run(argv[0], argv[1:])
+
+
+def _grade(argv):
+    from .exercises.grade import grade
+
+    ap = argparse.ArgumentParser(prog="python -m minids grade",
+                                 description="Run learners' notebooks and score their checks.")
+    ap.add_argument("paths", nargs="+", help="notebooks, or folders of them (a learner per sub-folder)")
+    ap.add_argument("--csv", default=None, help="write one row per notebook here")
+    ap.add_argument("--timeout", type=int, default=120, help="seconds per cell")
+    args = ap.parse_args(argv)
+    grade(args.paths, args.timeout, args.csv)
+
+
+def _exercises(argv):
+    from .exercises.build import build
+
+    ap = argparse.ArgumentParser(prog="python -m minids exercises")
+    ap.add_argument("--src", default="solutions")
+    ap.add_argument("--dst", default="exercises")
+    args = ap.parse_args(argv)
+    for p in build(args.src, args.dst):
+        print(f"wrote {p}")
+
+
+COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "grade": _grade, "exercises": _exercises}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m minids {{{'|'.join(COMMANDS)}}} ...")
+        raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Graded exercises: the checks that exercise notebooks call (one module per chapter), the
+builder that writes `exercises/` from `solutions/`, and the grader.
+
+    from minids.exercises import check_rms_norm
+    check_rms_norm(my_rms_norm)     # prints what passed; on failure what was expected and what came
+"""
+
+from .checking import Checker, CheckFailed  # noqa: F401
+from .ch01 import check_causal_attention, check_rms_norm, check_shift_targets, check_temperature_probs  # noqa: F401
