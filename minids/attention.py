@@ -17,6 +17,8 @@ class KVCache:
     cached so far; `crop` rolls back (speculative decoding) and zeroes what it drops."""
 
     def __init__(self, max_len: int):
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len={max_len!r} must be an integer >= 1")
         self.max_len = max_len
         self.length = 0
         self.buffers: dict[str, torch.Tensor] = {}
@@ -31,7 +33,10 @@ class KVCache:
         out = []
         for name, t in new.items():
             buf = self.buffers.get(name)
-            if buf is None or buf.shape[0] != t.shape[0] or buf.dtype != t.dtype:
+            if buf is None or buf.shape[0] != t.shape[0] or buf.dtype != t.dtype or buf.device != t.device:
+                if start_pos > 0:                    # reallocating would silently lose the prefix
+                    raise ValueError(f"cache entry {name!r}: batch size, dtype and device must stay the "
+                                     f"same while decoding (got {tuple(t.shape)} {t.dtype} at start_pos={start_pos})")
                 buf = self.buffers[name] = t.new_zeros((t.size(0), self.max_len, *t.shape[2:]))
             buf[:, start_pos:end] = t
             out.append(buf[:, :end])

@@ -1,0 +1,309 @@
+"""Attention: MHA / GQA / MQA with a KV cache, MLA (naive and absorbed), RoPE, KV-cache accounting."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from minids.attention import MLA, CausalSelfAttention, KVCache, causal_mask, repeat_kv
+from minids.config import ModelConfig, get_preset
+from minids.flops import dtype_bytes, kv_cache_bytes, kv_cache_values_per_token
+from minids.layers import apply_rotary_emb, precompute_freqs_cis
+from minids.model import MiniDeepSeek
+
+BASE = dict(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=8, max_position_embeddings=48)
+MLA_KW = dict(kv_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=6, v_head_dim=10)
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+        "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+
+KINDS = {
+    "mha": {},
+    "gqa": dict(num_key_value_heads=2),
+    "mqa": dict(num_key_value_heads=1),
+    "mla-naive": dict(MLA_KW, mla_mode="naive"),
+    "mla-absorb": dict(MLA_KW, mla_mode="absorb"),
+    "mla-naive-qlora": dict(MLA_KW, mla_mode="naive", q_lora_rank=16),
+    "mla-absorb-qlora": dict(MLA_KW, mla_mode="absorb", q_lora_rank=16),
+    "mla-absorb-yarn": dict(MLA_KW, mla_mode="absorb", q_lora_rank=16, rope_scaling=YARN),
+}
+
+
+def _model(**kw) -> MiniDeepSeek:
+    torch.manual_seed(0)
+    return MiniDeepSeek(ModelConfig(**{**BASE, **kw})).eval()
+
+
+def _with_std(model: MiniDeepSeek, std: float = 0.2) -> MiniDeepSeek:
+    """Larger random weights than the init, so attention is far from uniform (a stricter test)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model
+
+
+# ------------------------------------------------------------------ cached == full forward
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_cached_decoding_equals_full_forward(kind):
+    model = _with_std(_model(**KINDS[kind]))
+    idx = torch.randint(0, BASE["vocab_size"], (2, 30))
+    full = model(idx).logits
+    cache = model.new_cache()
+    parts = [model(idx[:, :9], cache=cache).logits]           # prefill
+    parts.append(model(idx[:, 9:13], start_pos=9, cache=cache).logits)   # a chunk after a prefix
+    for t in range(13, 30):                                   # then one token per step
+        parts.append(model(idx[:, t:t + 1], start_pos=t, cache=cache).logits)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache[0].length == 30
+
+
+@pytest.mark.parametrize("kind", ["mha", "gqa", "mqa", "mla-naive", "mla-absorb"])
+def test_cache_holds_what_the_design_says(kind):
+    model = _model(**KINDS[kind])
+    cache = model.new_cache()
+    model(torch.randint(0, BASE["vocab_size"], (3, 11)), cache=cache)
+    cfg = model.config
+    got = {k: tuple(v[:, :cache[0].length].shape) for k, v in cache[0].buffers.items()}
+    if cfg.is_mla:      # only the latent c_KV and the one shared rope key k_R (eqs 1, 3)
+        assert got == {"c_kv": (3, 11, cfg.kv_lora_rank), "k_pe": (3, 11, cfg.qk_rope_head_dim)}
+    else:
+        h = (3, 11, cfg.num_key_value_heads, cfg.head_dim)
+        assert got == {"k": h, "v": h}
+    assert cache[0].nbytes() == kv_cache_bytes(cfg, 11, torch.float32, batch=3) // cfg.num_hidden_layers
+
+
+# ------------------------------------------------------------------ MLA: absorb == naive
+def _mla_pair(**kw):
+    cfg = ModelConfig(**{**BASE, **MLA_KW, **kw})
+    torch.manual_seed(1)
+    naive = MLA(cfg.replace(mla_mode="naive"))
+    with torch.no_grad():
+        for p in naive.parameters():
+            p.normal_(0.0, 0.3) if p.dim() >= 2 else p.uniform_(0.5, 1.5)
+    absorb = copy.deepcopy(naive)
+    absorb.mode = "absorb"
+    return cfg, naive.eval(), absorb.eval()
+
+
+@pytest.mark.parametrize("q_lora_rank", [0, 16])
+@pytest.mark.parametrize("rope_scaling", [None, YARN])
+def test_absorb_equals_naive(q_lora_rank, rope_scaling):
+    cfg, naive, absorb = _mla_pair(q_lora_rank=q_lora_rank, rope_scaling=rope_scaling)
+    freqs = precompute_freqs_cis(cfg.qk_rope_head_dim, 40, cfg.rope_theta, cfg.rope_scaling)
+    x = torch.randn(2, 25, cfg.hidden_size)
+    torch.testing.assert_close(absorb(x, freqs[:25]), naive(x, freqs[:25]), atol=1e-5, rtol=1e-5)
+    # and step by step through a cache, the way decoding uses it
+    caches = KVCache(40), KVCache(40)
+    for m, c in zip((naive, absorb), caches):
+        m(x[:, :10], freqs[:10], 0, c)
+    for t in range(10, 25):
+        a = absorb(x[:, t:t + 1], freqs[t:t + 1], t, caches[1])
+        n = naive(x[:, t:t + 1], freqs[t:t + 1], t, caches[0])
+        torch.testing.assert_close(a, n, atol=1e-5, rtol=1e-5)
+
+
+def test_yarn_changes_the_scale_and_absorb_keeps_it():
+    cfg, naive, _ = _mla_pair(rope_scaling=YARN)
+    qk = MLA_KW["qk_nope_head_dim"] + MLA_KW["qk_rope_head_dim"]
+    mscale = 0.1 * math.log(YARN["factor"]) + 1.0
+    assert naive.scale == pytest.approx(qk ** -0.5 * mscale ** 2)
+
+
+def test_absorb_gradients_equal_naive():
+    cfg, naive, absorb = _mla_pair(q_lora_rank=16)
+    freqs = precompute_freqs_cis(cfg.qk_rope_head_dim, 12)
+    x = torch.randn(2, 12, cfg.hidden_size)
+    for m in (naive, absorb):
+        m(x, freqs).pow(2).sum().backward()
+    for (name, pn), pa in zip(naive.named_parameters(), absorb.parameters()):
+        err = (pa.grad - pn.grad).abs().max() / pn.grad.abs().max()      # float32 round-off only
+        assert err < 1e-5, (name, err.item())
+
+
+# ------------------------------------------------------------------ MHA / GQA / MQA
+def _reference_mha(x, wq, wk, wv, wo, H, freqs):
+    """Plain multi-head attention written out: every head has its own key and value."""
+    B, T, _ = x.shape
+    q, k, v = ((x @ w.T).view(B, T, H, -1) for w in (wq, wk, wv))
+    q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))                     # (B, H, T, D)
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return (s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1) @ wo.T
+
+
+def test_gqa_with_all_kv_heads_is_mha():
+    cfg = ModelConfig(**BASE, num_key_value_heads=BASE["num_attention_heads"])
+    attn = CausalSelfAttention(cfg).eval()
+    freqs = precompute_freqs_cis(cfg.head_dim, 16)
+    x = torch.randn(2, 16, cfg.hidden_size)
+    ref = _reference_mha(x, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+                         attn.o_proj.weight, cfg.num_attention_heads, freqs)
+    torch.testing.assert_close(attn(x, freqs), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv", [1, 2, 4])
+def test_gqa_equals_mha_with_shared_kv_weights(n_kv):
+    """GQA is MHA whose heads in a group share one key/value projection: copy each KV head's
+    rows to its group's heads and an MHA module gives the same output."""
+    cfg = ModelConfig(**BASE, num_key_value_heads=n_kv)
+    gqa = CausalSelfAttention(cfg).eval()
+    mha = CausalSelfAttention(cfg.replace(num_key_value_heads=cfg.num_attention_heads)).eval()
+    D, rep = cfg.head_dim, cfg.num_attention_heads // n_kv
+    with torch.no_grad():
+        mha.q_proj.weight.copy_(gqa.q_proj.weight)
+        mha.o_proj.weight.copy_(gqa.o_proj.weight)
+        for name in ("k_proj", "v_proj"):
+            w = getattr(gqa, name).weight.view(n_kv, D, -1)
+            getattr(mha, name).weight.copy_(w.repeat_interleave(rep, 0).reshape(-1, w.size(-1)))
+    freqs = precompute_freqs_cis(D, 16)
+    x = torch.randn(2, 16, cfg.hidden_size)
+    torch.testing.assert_close(gqa(x, freqs), mha(x, freqs), atol=1e-5, rtol=1e-5)
+
+
+def test_repeat_kv_order():
+    x = torch.arange(2 * 3 * 2 * 1.0).view(1, 3, 2, 2)                  # (B, S, n_kv=2, D)
+    y = repeat_kv(x, 3)
+    assert y.shape == (1, 3, 6, 2)
+    for h in range(6):                                                   # heads 0-2 <- kv 0, 3-5 <- kv 1
+        torch.testing.assert_close(y[:, :, h], x[:, :, h // 3])
+    assert repeat_kv(x, 1) is x
+
+
+def test_causal_mask_with_a_prefix():
+    m = causal_mask(3, 5, "cpu")                          # 3 new queries after 2 cached keys
+    assert m.tolist() == [[True, True, True, False, False],
+                          [True, True, True, True, False],
+                          [True, True, True, True, True]]
+    assert causal_mask(1, 7, "cpu") is None
+
+
+# ------------------------------------------------------------------ RoPE
+@pytest.mark.parametrize("rope_scaling", [None, YARN])
+def test_rope_scores_depend_only_on_relative_position(rope_scaling):
+    D, L = 16, 64
+    freqs = precompute_freqs_cis(D, L, rope_scaling=rope_scaling)
+    q, k = torch.randn(D), torch.randn(D)
+
+    def score(m, n):
+        qm = apply_rotary_emb(q.view(1, 1, 1, D), freqs[m:m + 1])
+        kn = apply_rotary_emb(k.view(1, 1, 1, D), freqs[n:n + 1])
+        return (qm * kn).sum().item()
+
+    for m, n in [(5, 2), (9, 9), (20, 3)]:
+        for shift in (1, 7, 30):
+            assert score(m + shift, n + shift) == pytest.approx(score(m, n), abs=1e-4)
+    assert abs(score(5, 2) - score(5, 4)) > 1e-3         # ... and it does depend on the distance
+
+
+def test_rope_keeps_norms():
+    freqs = precompute_freqs_cis(8, 10)
+    x = torch.randn(2, 10, 3, 8)
+    torch.testing.assert_close(apply_rotary_emb(x, freqs).norm(dim=-1), x.norm(dim=-1))
+
+
+# ------------------------------------------------------------------ invalid configurations
+@pytest.mark.parametrize("kw, field", [
+    (dict(num_key_value_heads=3), "num_key_value_heads"),            # does not divide 8 heads
+    (dict(num_key_value_heads=16), "num_key_value_heads"),           # more KV than query heads
+    (dict(num_key_value_heads=0), "num_key_value_heads"),
+    (dict(head_dim=7), "head_dim"),                                    # RoPE needs pairs
+    (dict(num_attention_heads=0), "num_attention_heads"),
+    (dict(MLA_KW, qk_rope_head_dim=5), "qk_rope_head_dim"),
+    (dict(MLA_KW, qk_rope_head_dim=0), "qk_rope_head_dim"),
+    (dict(MLA_KW, qk_nope_head_dim=0), "qk_nope_head_dim"),
+    (dict(MLA_KW, v_head_dim=0), "v_head_dim"),
+    (dict(MLA_KW, q_lora_rank=-1), "q_lora_rank"),
+    (dict(MLA_KW, kv_lora_rank=-4), "kv_lora_rank"),
+    (dict(MLA_KW, mla_mode="fast"), "mla_mode"),
+])
+def test_invalid_heads_and_ranks_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**{**BASE, **kw})
+
+
+# ------------------------------------------------------------------ KVCache
+def test_kv_cache_append_and_crop():
+    c = KVCache(6)
+    a = torch.arange(1.0, 5.0).view(1, 4, 1)
+    (k,) = c.update(0, k=a)
+    assert c.length == 4 and k.tolist() == a.tolist()
+    (k,) = c.update(4, k=torch.tensor([[[9.0]]]))                     # append one position
+    assert c.length == 5 and k.flatten().tolist() == [1, 2, 3, 4, 9]
+    assert c.nbytes() == 5 * 4
+    c.crop(2)                                                         # roll back
+    assert c.length == 2 and c.buffers["k"][0, 2:, 0].tolist() == [0, 0, 0, 0]
+    (k,) = c.update(2, k=torch.tensor([[[7.0]]]))
+    assert k.flatten().tolist() == [1, 2, 7]
+    c.crop(0)
+    assert c.nbytes() == 0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: c.update(4, k=torch.zeros(1, 1, 1)), "start_pos"),            # a gap
+    (lambda c: c.update(2, k=torch.zeros(1, 5, 1)), "max_len"),              # too long
+    (lambda c: c.crop(3), "length"),                                          # beyond what is cached
+    (lambda c: c.crop(-1), "length"),
+    (lambda c: c.update(2, k=torch.zeros(2, 1, 1)), "batch size"),           # batch changed mid-way
+    (lambda c: c.update(2, k=torch.zeros(1, 1, 1, dtype=torch.float64)), "dtype"),
+])
+def test_kv_cache_rejects_misuse(call, match):
+    c = KVCache(6)
+    c.update(0, k=torch.zeros(1, 2, 1))
+    with pytest.raises(ValueError, match=match):
+        call(c)
+
+
+def test_kv_cache_max_len_is_checked():
+    with pytest.raises(ValueError, match="max_len"):
+        KVCache(0)
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mla-absorb"])
+def test_crop_then_redecode_is_exact(kind):
+    """Speculative decoding rolls the cache back; decoding again must match a fresh run."""
+    model = _with_std(_model(**KINDS[kind]))
+    idx = torch.randint(0, BASE["vocab_size"], (1, 20))
+    cache = model.new_cache()
+    model(idx[:, :12], cache=cache)
+    model(torch.randint(0, BASE["vocab_size"], (1, 5)), start_pos=12, cache=cache)  # a rejected draft
+    for c in cache:
+        c.crop(12)
+    got = model(idx[:, 12:], start_pos=12, cache=cache).logits
+    torch.testing.assert_close(got, model(idx).logits[:, 12:], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ KV-cache accounting
+def test_kv_cache_numbers_for_deepseek_v3():
+    v3 = get_preset("deepseek-v3")
+    mha = get_preset("deepseek-v3", kv_lora_rank=0, head_dim=128)     # 128 heads of 128, no MLA
+    assert kv_cache_values_per_token(v3) == 512 + 64 == 576
+    assert kv_cache_values_per_token(mha) == 2 * 128 * 128 == 32_768
+    ctx = 128 * 1024
+    b_mla, b_mha = kv_cache_bytes(v3, ctx), kv_cache_bytes(mha, ctx)
+    assert b_mla == ctx * 61 * 576 * 2
+    assert round(b_mla / 1e9, 2) == 9.21 and round(b_mla / 2**30, 2) == 8.58    # GB, GiB
+    assert round(b_mha / 1e9) == 524
+    assert b_mha / b_mla == pytest.approx(32_768 / 576)                     # ~ 56.9x smaller
+    assert kv_cache_bytes(v3, ctx, "float32", batch=2) == 4 * b_mla
+
+
+def test_kv_cache_values_for_gqa_and_mqa():
+    assert kv_cache_values_per_token(ModelConfig(**BASE)) == 2 * 8 * 8
+    assert kv_cache_values_per_token(ModelConfig(**BASE, num_key_value_heads=2)) == 2 * 2 * 8
+    assert kv_cache_values_per_token(ModelConfig(**BASE, num_key_value_heads=1)) == 2 * 8
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(context_len=-1), "context_len"), (dict(context_len=1.5), "context_len"),
+    (dict(context_len=8, batch=0), "batch"), (dict(context_len=8, dtype="int3"), "dtype"),
+])
+def test_kv_cache_bytes_rejects_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        kv_cache_bytes(ModelConfig(**BASE), **kw)
+
+
+def test_dtype_bytes():
+    assert dtype_bytes("bfloat16") == 2 and dtype_bytes(torch.float32) == 4 and dtype_bytes("float8") == 1
