@@ -57,7 +57,8 @@ class MiniDeepSeek(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         L = cfg.num_hidden_layers                      # MTP blocks are numbered after the main ones
-        self.mtp = nn.ModuleList(MTPModule(cfg, Block(cfg, L + k)) for k in range(cfg.num_nextn_predict_layers))
+        with torch.random.fork_rng(devices=[]):        # building them must not shift the main init
+            self.mtp = nn.ModuleList(MTPModule(cfg, Block(cfg, L + k)) for k in range(cfg.num_nextn_predict_layers))
         self.mtp_loss_weight = cfg.mtp_loss_weight     # lambda; the trainer may schedule it
         rope_dim = cfg.qk_rope_head_dim if cfg.is_mla else cfg.head_dim
         self.register_buffer("freqs_cis", precompute_freqs_cis(
