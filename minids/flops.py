@@ -274,7 +274,7 @@ class CostTable(dict):
             ("MFU", f"{100 * self['mfu']:.1f}%"),
             ("GPU-hours", f"{self['gpu_hours']:,.4g}"),
             ("price per GPU-hour", f"${self['price_per_gpu_hour']:,.2f}"),
-            ("cost", f"${self['cost_usd']:,.2f}"),
+            ("cost", f"${self['cost_usd']:,.2f}" if self["cost_usd"] >= 1 else f"${self['cost_usd']:.3g}"),
         ]
         w = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -67,7 +67,8 @@ def precompute_freqs_cis(dim: int, end: int, base: float = 10000.0,
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0,x1), (x2,x3), ... of the last dim as complex numbers.
     x: (B, T, H, D), freqs_cis: (T, D/2) -> (B, T, H, D)."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))   # (B, T, H, D/2)
+    # contiguous(): a split view (MLA's q_pe / k_pe) has odd strides when the parts before it are odd
+    xc = torch.view_as_complex(x.float().contiguous().reshape(*x.shape[:-1], -1, 2))   # (B, T, H, D/2)
     xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
     return torch.view_as_real(xc).flatten(-2).to(x.dtype)
 
