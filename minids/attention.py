@@ -124,12 +124,12 @@ class MLA(nn.Module):
         qk = self.nope + self.rope
         if self.q_lora_rank:
             self.wq_a = nn.Linear(d, self.q_lora_rank, bias=False)               # W^DQ
-            self.q_norm = RMSNorm(self.q_lora_rank, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(self.q_lora_rank)    # eps 1e-6, not rms_norm_eps: as V3's ref. and HF
             self.wq_b = nn.Linear(self.q_lora_rank, H * qk, bias=False)          # W^UQ, W^QR
         else:
             self.wq = nn.Linear(d, H * qk, bias=False)
         self.wkv_a = nn.Linear(d, self.kv_lora_rank + self.rope, bias=False)     # W^DKV, W^KR
-        self.kv_norm = RMSNorm(self.kv_lora_rank, cfg.rms_norm_eps)
+        self.kv_norm = RMSNorm(self.kv_lora_rank)      # eps 1e-6 (fixed, as V3's reference and HF)
         self.wkv_b = nn.Linear(self.kv_lora_rank, H * (self.nope + self.v_dim), bias=False)
         self.wo = nn.Linear(H * self.v_dim, d, bias=False)                       # W^O
         self.scale = qk ** -0.5 * yarn_mscale(cfg.rope_scaling) ** 2
