@@ -82,6 +82,22 @@ def _sdpa(q, k, v, scale: float, dropout: float = 0.0) -> torch.Tensor:
     return y.transpose(1, 2)                                               # (B, T, H, Dv)
 
 
+def _grouped_sdpa(q, k, v, scale: float) -> torch.Tensor:
+    """GQA decoding without copying the cache n_rep times: the n_rep query heads of a group
+    become n_rep * T query rows against the group's one K/V head. q: (B, T, H, D),
+    k/v: (B, S, n_kv, D) -> (B, T, H, Dv); the same numbers as repeat_kv + _sdpa."""
+    B, T, H, D = q.shape
+    S, n_kv = k.size(1), k.size(2)
+    rep = H // n_kv
+    qg = q.view(B, T, n_kv, rep, D).permute(0, 2, 3, 1, 4).reshape(B, n_kv, rep * T, D)
+    mask = causal_mask(T, S, q.device)
+    if mask is not None:
+        mask = mask.repeat(rep, 1)                                         # rows ordered (rep, T)
+    y = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       scale=scale)                        # (B, n_kv, rep*T, Dv)
+    return y.view(B, n_kv, rep, T, -1).permute(0, 3, 1, 2, 4).reshape(B, T, H, -1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention; fewer KV heads give GQA (1 < n_kv < n_h) or MQA (n_kv = 1)."""
 
@@ -106,6 +122,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(start_pos, k=k, v=v)                         # (B, S, Hkv, D)
         n_rep = self.n_heads // self.n_kv_heads
+        if n_rep > 1 and cache is not None and not (self.training and self.dropout):
+            return self.o_proj(_grouped_sdpa(q, k, v, self.scale).reshape(B, T, -1))
         y = _sdpa(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), self.scale,
                   self.dropout if self.training else 0.0)
         return self.o_proj(y.reshape(B, T, -1))

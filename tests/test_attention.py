@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minids.attention import MLA, CausalSelfAttention, KVCache, causal_mask, repeat_kv
+from minids.attention import MLA, CausalSelfAttention, KVCache, _grouped_sdpa, _sdpa, causal_mask, repeat_kv
 from minids.config import ModelConfig, get_preset
 from minids.flops import dtype_bytes, kv_cache_bytes, kv_cache_values_per_token
 from minids.layers import apply_rotary_emb, precompute_freqs_cis
@@ -170,6 +170,15 @@ def test_repeat_kv_order():
     for h in range(6):                                                   # heads 0-2 <- kv 0, 3-5 <- kv 1
         torch.testing.assert_close(y[:, :, h], x[:, :, h // 3])
     assert repeat_kv(x, 1) is x
+
+
+@pytest.mark.parametrize("T, S", [(1, 9), (3, 9), (9, 9)])
+@pytest.mark.parametrize("n_kv", [1, 2, 8])
+def test_grouped_sdpa_equals_repeated_kv(T, S, n_kv):
+    q = torch.randn(2, T, 8, 6)
+    k, v = torch.randn(2, S, n_kv, 6), torch.randn(2, S, n_kv, 5)
+    ref = _sdpa(q, repeat_kv(k, 8 // n_kv), repeat_kv(v, 8 // n_kv), 0.3)
+    torch.testing.assert_close(_grouped_sdpa(q, k, v, 0.3), ref, atol=1e-6, rtol=1e-5)
 
 
 def test_causal_mask_with_a_prefix():
