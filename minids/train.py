@@ -192,6 +192,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
     tokens_per_iter = tc.batch_size * tc.block_size * tc.grad_accum_steps
     fpt = flops_per_token(model_cfg, tc.block_size)
     peak = _device_peak(tc)
+    if tc.out_dir:
+        Path(tc.out_dir).mkdir(parents=True, exist_ok=True)
     metrics = open(Path(tc.out_dir) / "metrics.jsonl", "a") if tc.out_dir else None
     result = TrainResult(model, dataset.tokenizer)
     meta = {"train_config": dataclasses.asdict(tc), "tokenizer": dataset.tokenizer.state()}

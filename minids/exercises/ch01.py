@@ -23,7 +23,8 @@ def check_rms_norm(rms_norm) -> None:
             ref.weight.data.copy_(w)
             exp = ref(x)
             c.close(rms_norm(x, w, 1e-6), exp, f"x of shape {shape}", mistakes=[
-                (x / torch.sqrt((x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + 1e-6) * w,
+                ((x - x.mean(-1, keepdim=True))
+                 / torch.sqrt((x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + 1e-6) * w,
                  "you subtracted the mean (that is LayerNorm); RMSNorm does not centre x"),
                 (x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6) * w,
                  "use the MEAN of x^2 over the last dimension, not the sum"),

@@ -60,8 +60,11 @@ def grade_notebook(path: str | Path, timeout: int = 120, learner: str | None = N
         except Exception as e:                              # noqa: BLE001 -- grading must go on
             row["status"] = f"error: {type(e).__name__}"
         text = _outputs_text(nb)
-        if "CellTimeoutError" in text or "KeyboardInterrupt" in text:
+        errors = [o.get("ename") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        if "KeyboardInterrupt" in errors:                   # interrupted after `timeout` seconds
             row["status"] = "timeout"
+        elif row["status"] == "ok" and errors:
+            row["status"] = f"{len(errors)} cell(s) raised"
     passed = set(PASSED.findall(text))
     row["tasks"] = {t: int(t in passed) for t in tasks}
     row["score"], row["max"] = sum(row["tasks"].values()), len(tasks)

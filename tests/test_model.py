@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from minids.config import get_preset
+from minids.model import MiniDeepSeek
+
+
+def tiny(**kw):
+    return get_preset("baseline", vocab_size=50, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=24, **kw)
+
+
+def test_forward_shapes_and_loss():
+    m = MiniDeepSeek(tiny())
+    x = torch.randint(0, 50, (3, 24))
+    out = m(x, x)
+    assert out.logits.shape == (3, 24, 50) and out.hidden.shape == (3, 24, 32)
+    assert out.loss.shape == () and torch.equal(out.loss, out.main_loss)
+    assert abs(out.loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.3   # ~ uniform at init
+
+
+def test_ignore_index():
+    m = MiniDeepSeek(tiny())
+    x = torch.randint(0, 50, (2, 10))
+    y = x.clone()
+    y[:, 5:] = -1
+    full = torch.nn.functional.cross_entropy(m(x).logits[:, :5].reshape(-1, 50), x[:, :5].reshape(-1))
+    torch.testing.assert_close(m(x, y).loss, full)
+
+
+def test_cached_decoding_equals_full_forward():
+    torch.manual_seed(0)
+    m = MiniDeepSeek(tiny()).eval()
+    x = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        full = m(x).logits
+        cache = m.new_cache()
+        parts = [m(x[:, :7], cache=cache).logits]
+        parts += [m(x[:, t:t + 1], start_pos=t, cache=cache).logits for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_causality():
+    m = MiniDeepSeek(tiny()).eval()
+    x = torch.randint(0, 50, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 50
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).logits[:, :10], m(y).logits[:, :10])
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    m = MiniDeepSeek(tiny())
+    x = torch.randint(0, 50, (4, 24))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = m(x[:, :-1], x[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1.0
+
+
+def test_too_long_sequence_is_a_clear_error():
+    m = MiniDeepSeek(tiny())
+    with pytest.raises(ValueError, match="max_position_embeddings=24"):
+        m(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_token_out_of_vocab_is_a_clear_error():
+    m = MiniDeepSeek(tiny())
+    with pytest.raises(ValueError, match="vocab_size=50"):
+        m(torch.tensor([[1, 2, 50]]))
+
+
+def test_init_scales_residual_projections():
+    m = MiniDeepSeek(get_preset("baseline", vocab_size=65))
+    std_q = m.layers[0].attn.q_proj.weight.std().item()
+    std_o = m.layers[0].attn.o_proj.weight.std().item()
+    assert abs(std_q - 0.02) < 0.002 and abs(std_o - 0.02 / (2 * 4) ** 0.5) < 0.001
+
+
+def test_tied_embeddings_share_storage():
+    m = MiniDeepSeek(tiny(tie_word_embeddings=True))
+    assert m.lm_head.weight is m.embed_tokens.weight
