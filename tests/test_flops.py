@@ -11,9 +11,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minids.config import PRESETS, ModelConfig, get_preset
 from minids.flops import (
-    PEAK_FLOPS, V3_GPU_HOURS, V3_PRETRAIN_SEQ_LEN, V3_PRICE_PER_GPU_HOUR, V3_TOKENS,
-    attention_flops_per_token, cost_table, dollar_cost, flops_6nd, flops_per_token, gpu_hours,
-    implied_mfu, matmul_params_per_token, meta_param_count, param_count, peak_flops, training_flops,
+    PEAK_FLOPS,
+    V3_GPU_HOURS,
+    V3_PRETRAIN_SEQ_LEN,
+    V3_PRICE_PER_GPU_HOUR,
+    V3_TOKENS,
+    attention_flops_per_token,
+    cost_table,
+    dollar_cost,
+    flops_6nd,
+    flops_per_token,
+    gpu_hours,
+    implied_mfu,
+    matmul_params_per_token,
+    meta_param_count,
+    param_count,
+    peak_flops,
+    training_flops,
 )
 from minids.model import MiniDeepSeek
 

@@ -7,3 +7,4 @@ builder that writes `exercises/` from `solutions/`, and the grader.
 
 from .checking import Checker, CheckFailed  # noqa: F401
 from .ch01 import check_causal_attention, check_rms_norm, check_shift_targets, check_temperature_probs  # noqa: F401
+from .ch07 import check_implied_mfu, check_kv_cache_gib, check_moe_flops_per_token, check_training_gpu_hours  # noqa: F401
