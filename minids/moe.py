@@ -1,10 +1,21 @@
 """DeepSeekMoE (V3 report eqs 12-20): shared + fine-grained routed experts, sigmoid routing with
 group-limited top-k, aux-loss-free load balancing by a selection-only bias, and the optional
-sequence-wise balance loss."""
+sequence-wise balance loss.
+
+Two dispatches compute the same function (tests hold them to 1e-6 in float32):
+  `dispatch_loop`  readable: for each expert, find its tokens, run it, add the weighted result back.
+  `dispatch_fast`  sort the (token, expert) pairs by expert once, lay the tokens out in one buffer
+                   (rows grouped by expert), run every expert with a few batched matmuls, gather
+                   the K results of each token back and sum them. Backends for the matmuls:
+                   "bmm"        every expert padded to the same capacity, one torch.bmm (CPU default)
+                   "slices"     one matmul per expert on its exact slice (when padding would waste)
+                   "grouped_mm" torch._grouped_mm on a CUDA GPU in bf16 (guarded; falls back)
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -32,7 +43,7 @@ class Router(nn.Module):
         """x: (N, d) -> weights (N, K), indices (N, K), scores (N, E)."""
         logits = F.linear(x.float(), self.weight.float())                         # (N, E), fp32
         scores = logits.sigmoid() if self.scoring_func == "sigmoid" else logits.softmax(-1)  # eq 15
-        choice = scores + self.bias                                               # eq 16: select only
+        choice = scores + self.bias.float()                                       # eq 16: select only
         if self.n_group > 1:                   # keep the topk_group groups whose 2 best sum highest
             N = x.size(0)
             grouped = choice.view(N, self.n_group, -1)                           # (N, G, E/G)
@@ -40,7 +51,7 @@ class Router(nn.Module):
             keep = group_scores.topk(self.topk_group, dim=-1).indices           # (N, topk_group)
             group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
             choice = grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, -1)
-        indices = choice.topk(self.top_k, dim=-1).indices                        # (N, K)
+        indices = choice.topk(self.top_k, dim=-1).indices                        # (N, K)  eq 14/16
         weights = scores.gather(1, indices)                                      # unbiased s_i,t
         if self.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)          # eq 13
@@ -48,11 +59,13 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts stored as stacked weights (as Hugging Face's DeepseekV3 stores them)."""
+    """E SwiGLU experts stored as stacked weights (as Hugging Face's DeepseekV3 stores them).
+    One Parameter per matrix for all experts: an expert that got no tokens in a step still
+    receives a (zero) gradient, so DDP never sees an unused parameter."""
 
     def __init__(self, n_experts: int, dim: int, inter_dim: int):
         super().__init__()
-        self.inter_dim = inter_dim
+        self.n_experts, self.inter_dim = n_experts, inter_dim
         self.gate_up_proj = nn.Parameter(torch.empty(n_experts, 2 * inter_dim, dim))  # (E, 2I, d)
         self.down_proj = nn.Parameter(torch.empty(n_experts, dim, inter_dim))         # (E, d, I)
 
@@ -62,14 +75,125 @@ class Experts(nn.Module):
         return F.linear(F.silu(gate) * up, self.down_proj[e])
 
 
-def grouped_experts(experts: Experts, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Every expert on its own contiguous slice of tokens sorted by expert: (n, d) -> (n, d)."""
-    outs = [experts.expert(e, xs) for e, xs in enumerate(x_sorted.split(counts)) if xs.numel()]
-    return torch.cat(outs) if outs else x_sorted
+# =========================================================================== dispatch
+def dispatch_loop(experts: Experts, x: torch.Tensor, weights: torch.Tensor,
+                  indices: torch.Tensor) -> torch.Tensor:
+    """sum_k g_t,k FFN_{i_t,k}(x_t), one expert at a time. x: (N, d), weights/indices: (N, K)."""
+    y = torch.zeros_like(x)
+    for e in range(experts.n_experts):
+        tok, slot = torch.where(indices == e)                  # the tokens that chose e, and in which slot
+        if tok.numel() == 0:
+            continue
+        y.index_add_(0, tok, experts.expert(e, x[tok]) * weights[tok, slot, None])
+    return y
+
+
+def expert_layout(indices: torch.Tensor, counts: torch.Tensor, capacity: int | None = None,
+                  align: int = 1):
+    """Where each (token, expert) pair goes in a buffer whose rows are grouped by expert.
+    indices: (N, K); counts: (E,) pairs per expert. With `capacity`, every expert gets exactly
+    that many rows (for one bmm); else expert e gets counts[e] rows rounded up to `align`.
+    Returns row (N*K,) the buffer row of each pair, src (R,) the token of each row (0 on padding
+    rows), sizes (E,) rows per expert."""
+    N, K = indices.shape
+    E = counts.numel()
+    e = indices.flatten()                                         # (P,) expert of pair p = t*K + k
+    order = e.argsort(stable=True)                                # (P,) pairs sorted by expert
+    if capacity is not None:
+        sizes = torch.full_like(counts, capacity)
+    else:
+        sizes = (counts + align - 1) // align * align
+        sizes[-1] += N * K + (align - 1) * E - sizes.sum()       # a fixed R: no host sync on GPU
+    R = E * capacity if capacity is not None else N * K + (align - 1) * E
+    starts = sizes.cumsum(0) - sizes                              # (E,) first row of each expert
+    first = counts.cumsum(0) - counts                             # (E,) first sorted pair of each
+    e_sorted = e[order]
+    rows_sorted = starts[e_sorted] + torch.arange(N * K, device=e.device) - first[e_sorted]
+    row = torch.empty_like(order).scatter_(0, order, rows_sorted)                     # (P,)
+    src = torch.zeros(R, dtype=torch.long, device=e.device).scatter_(0, rows_sorted, order // K)
+    return row, src, sizes
+
+
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, sizes: torch.Tensor, backend: str) -> torch.Tensor:
+    """Rows of x grouped by expert (group g has sizes[g] rows) times w[g]^T.
+    x: (R, in), w: (E, out, in) -> (R, out)."""
+    if backend == "bmm":                                          # equal sizes: one batched matmul
+        E = w.size(0)
+        return torch.bmm(x.view(E, x.size(0) // E, x.size(-1)), w.transpose(1, 2)).flatten(0, 1)
+    if backend == "grouped_mm":
+        offs = sizes.cumsum(0).to(torch.int32)                    # end row of each group
+        return torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
+    parts = [F.linear(xs, w[g]) for g, xs in enumerate(x.split(sizes.tolist())) if xs.size(0)]
+    return torch.cat(parts) if parts else F.linear(x, w[0])
+
+
+# bmm pads every expert to the busiest one's load. Measured here (1 CPU thread, d=128): bmm beats
+# per-expert slices while the padded rows stay below ~2x the real ones (benchmarks/moe.py).
+PAD_LIMIT = 2.0
+GROUPED_MM_ALIGN = 16          # rows per group rounded up to this for _grouped_mm's kernels
+_grouped_mm_failed = False
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return x.dtype
+
+
+def _grouped_mm_usable(x: torch.Tensor) -> bool:
+    """torch._grouped_mm exists, we are on a Hopper-class (or newer) GPU and computing in bf16."""
+    return (not _grouped_mm_failed and x.is_cuda and hasattr(torch, "_grouped_mm")
+            and _compute_dtype(x) == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+
+
+def choose_backend(x: torch.Tensor, counts: torch.Tensor) -> str:
+    if _grouped_mm_usable(x):
+        return "grouped_mm"
+    padded = counts.numel() * int(counts.max()) if counts.numel() else 0
+    return "bmm" if padded <= PAD_LIMIT * max(int(counts.sum()), 1) else "slices"
+
+
+def dispatch_fast(experts: Experts, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                  counts: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Same result as `dispatch_loop`, with a few big ops instead of a loop over experts."""
+    global _grouped_mm_failed
+    N, K = indices.shape
+    E = experts.n_experts
+    if counts is None:
+        counts = torch.bincount(indices.flatten(), minlength=E)  # (E,)
+    if backend == "auto":
+        backend = choose_backend(x, counts)
+    if backend not in ("bmm", "slices", "grouped_mm"):
+        raise ValueError(f"backend={backend!r} must be 'auto', 'bmm', 'slices' or 'grouped_mm'")
+    capacity = int(counts.max()) if backend == "bmm" and N else (0 if backend == "bmm" else None)
+    row, src, sizes = expert_layout(indices, counts, capacity,
+                                    GROUPED_MM_ALIGN if backend == "grouped_mm" else 1)
+    w_rows = weights.new_zeros(src.numel()).index_put((row,), weights.flatten())  # (R,) 0 on padding
+    x_rows = x.index_select(0, src)                               # (R, d) tokens grouped by expert
+    W1, W2 = experts.gate_up_proj, experts.down_proj
+    if backend == "grouped_mm":
+        dt = _compute_dtype(x)
+        x_rows, W1, W2, w_rows = x_rows.to(dt), W1.to(dt), W2.to(dt), w_rows.to(dt)
+    try:
+        gate, up = grouped_linear(x_rows, W1, sizes, backend).chunk(2, dim=-1)     # (R, I) each
+        h = F.silu(gate) * up * w_rows[:, None]   # g * down(h) = down(g * h): weigh the narrower side
+        out = grouped_linear(h, W2, sizes, backend)                              # (R, d)
+    except RuntimeError as err:
+        if backend != "grouped_mm":
+            raise
+        _grouped_mm_failed = True                                  # remember, and never try again
+        warnings.warn(f"torch._grouped_mm failed ({err}); using bmm/slices from now on", stacklevel=2)
+        return dispatch_fast(experts, x, weights, indices, counts)
+    if out.is_cuda:     # gather each token's K rows and sum them: no atomics, deterministic
+        y = out.index_select(0, row).view(N, K, x.size(-1)).sum(1)                  # (N, d)
+    else:               # one pass: add every row into its token (padding rows are exact zeros)
+        y = out.new_zeros(N, x.size(-1)).index_add_(0, src, out)                  # (N, d)
+    return y.to(x.dtype)
 
 
 class MoE(nn.Module):
-    """h' = u + sum_i FFN^(s)_i(u) + sum_i g_i,t FFN^(r)_i(u)    (eq 12)."""
+    """h' = u + sum_i FFN^(s)_i(u) + sum_i g_i,t FFN^(r)_i(u)    (eq 12; the block adds u)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -81,8 +205,10 @@ class MoE(nn.Module):
         self.dispatch = cfg.moe_dispatch
         self.alpha = cfg.aux_loss_alpha
         self.gamma = cfg.bias_update_speed
-        # tokens each expert received since the last bias update (fp32, no gradient)
-        self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
+        # Tokens each expert received since the last bias update (fp32, no gradient). A plain
+        # tensor, not a buffer: DDP broadcasts buffers from rank 0 before every forward, which
+        # would overwrite the other ranks' counts during gradient accumulation.
+        self.load = torch.zeros(cfg.n_routed_experts)
         self.last_load: torch.Tensor | None = None      # tokens per expert in the last forward
         self.aux_loss: torch.Tensor | None = None       # sequence-wise balance loss of the last forward
 
@@ -90,39 +216,21 @@ class MoE(nn.Module):
         B, T, d = x.shape
         flat = x.reshape(-1, d)                                                  # (N, d)
         weights, indices, scores = self.gate(flat)                               # (N, K) x2, (N, E)
-        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)
+        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)    # (E,)
         self.last_load = counts.detach()
         if self.training:
+            if self.load.device != counts.device:
+                self.load = self.load.to(counts.device)
             self.load += counts.float()
         self.aux_loss = (sequence_balance_loss(scores.view(B, T, -1), indices.view(B, T, -1),
                                                self.alpha) if self.training and self.alpha > 0 else None)
-        route = self._dispatch_loop if self.dispatch == "loop" else self._dispatch_fast
-        y = route(flat, weights, indices, counts)
+        if self.dispatch == "loop":
+            y = dispatch_loop(self.experts, flat, weights, indices)
+        else:
+            y = dispatch_fast(self.experts, flat, weights, indices, counts)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
         return y.view(B, T, d)
-
-    def _dispatch_loop(self, flat, weights, indices, counts):
-        """Readable: for each expert, find its tokens, run it, add the weighted result back."""
-        y = torch.zeros_like(flat)
-        for e in range(self.n_experts):
-            tok, slot = torch.where(indices == e)
-            if tok.numel() == 0:
-                continue
-            out = self.experts.expert(e, flat[tok]) * weights[tok, slot, None]
-            y.index_add_(0, tok, out)
-        return y
-
-    def _dispatch_fast(self, flat, weights, indices, counts):
-        """Sort the N*K (token, expert) pairs by expert once, run each expert on one contiguous
-        slice, then un-sort and sum the K results of each token (no atomics, deterministic)."""
-        N, K = indices.shape
-        order = indices.flatten().argsort(stable=True)                          # (N*K,)
-        x_sorted = flat[order // K]                                              # (N*K, d)
-        out_sorted = grouped_experts(self.experts, x_sorted, counts.tolist())
-        out = torch.empty_like(out_sorted)
-        out[order] = out_sorted * weights.flatten()[order, None]
-        return out.view(N, K, -1).sum(1)
 
     # ------------------------------------------------------------------ balancing
     @torch.no_grad()
