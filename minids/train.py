@@ -243,6 +243,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
                 rec["grad_norm"] = float(grad_norm)
             if loads:
                 rec["max_vio"] = [max_violation(ld) for ld in loads]
+                rec["expert_load"] = [ld.tolist() for ld in loads]   # tokens per expert, per layer
             if peak:
                 rec["mfu"] = tps * fpt / peak
             log(rec)
