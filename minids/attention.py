@@ -33,10 +33,12 @@ class KVCache:
         out = []
         for name, t in new.items():
             buf = self.buffers.get(name)
-            if buf is None or buf.shape[0] != t.shape[0] or buf.dtype != t.dtype or buf.device != t.device:
+            if (buf is None or buf.shape[0] != t.shape[0] or buf.dtype != t.dtype
+                    or buf.device != t.device):
                 if start_pos > 0:                    # reallocating would silently lose the prefix
-                    raise ValueError(f"cache entry {name!r}: batch size, dtype and device must stay the "
-                                     f"same while decoding (got {tuple(t.shape)} {t.dtype} at start_pos={start_pos})")
+                    raise ValueError(f"cache entry {name!r}: batch size, dtype and device must stay "
+                                     f"the same while decoding (got {tuple(t.shape)} {t.dtype} at "
+                                     f"start_pos={start_pos})")
                 buf = self.buffers[name] = t.new_zeros((t.size(0), self.max_len, *t.shape[2:]))
             buf[:, start_pos:end] = t
             out.append(buf[:, :end])

@@ -96,7 +96,7 @@ def test_absorb_equals_naive(q_lora_rank, rope_scaling):
     torch.testing.assert_close(absorb(x, freqs[:25]), naive(x, freqs[:25]), atol=1e-5, rtol=1e-5)
     # and step by step through a cache, the way decoding uses it
     caches = KVCache(40), KVCache(40)
-    for m, c in zip((naive, absorb), caches):
+    for m, c in zip((naive, absorb), caches, strict=True):
         m(x[:, :10], freqs[:10], 0, c)
     for t in range(10, 25):
         a = absorb(x[:, t:t + 1], freqs[t:t + 1], t, caches[1])
@@ -117,7 +117,7 @@ def test_absorb_gradients_equal_naive():
     x = torch.randn(2, 12, cfg.hidden_size)
     for m in (naive, absorb):
         m(x, freqs).pow(2).sum().backward()
-    for (name, pn), pa in zip(naive.named_parameters(), absorb.parameters()):
+    for (name, pn), pa in zip(naive.named_parameters(), absorb.parameters(), strict=True):
         err = (pa.grad - pn.grad).abs().max() / pn.grad.abs().max()      # float32 round-off only
         assert err < 1e-5, (name, err.item())
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from nbutil import notebook_namespace
 
 from minids.exercises import CheckFailed, check_attend_with_cache, check_kv_cache_size, check_repeat_kv
-from nbutil import notebook_namespace
 
 SOL = notebook_namespace("solutions/02_kv_cache_gqa.ipynb")
 STUB = notebook_namespace("solutions/02_kv_cache_gqa.ipynb", stubbed=True)

@@ -2,11 +2,16 @@
 
 import pytest
 import torch
-
-from minids.exercises import (CheckFailed, check_absorbed_output, check_absorbed_scores, check_mla_latents,
-                              check_split_wkv_b)
-from minids.layers import apply_rotary_emb
 from nbutil import notebook_namespace
+
+from minids.exercises import (
+    CheckFailed,
+    check_absorbed_output,
+    check_absorbed_scores,
+    check_mla_latents,
+    check_split_wkv_b,
+)
+from minids.layers import apply_rotary_emb
 
 SOL = notebook_namespace("solutions/03_mla.ipynb")
 STUB = notebook_namespace("solutions/03_mla.ipynb", stubbed=True)

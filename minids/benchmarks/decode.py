@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from ..attention import KVCache
 from ..config import ModelConfig
 from ..flops import kv_cache_bytes, kv_cache_values_per_token
-from ..attention import KVCache
 from ..model import MiniDeepSeek
 
 WIDTH, HEADS, HEAD_DIM = 1024, 16, 64

@@ -19,7 +19,8 @@ def check_repeat_kv(repeat_kv_fn) -> None:
         g = torch.Generator().manual_seed(3)
         for B, S, n_kv, D, rep in [(1, 3, 2, 4, 3), (2, 5, 4, 8, 2), (1, 2, 1, 4, 8), (1, 4, 3, 2, 1)]:
             kv = torch.randn(B, S, n_kv, D, generator=g)
-            c.close(repeat_kv_fn(kv, rep), repeat_kv(kv, rep), f"(B, S, n_kv, D) = {(B, S, n_kv, D)}, n_rep={rep}",
+            c.close(repeat_kv_fn(kv, rep), repeat_kv(kv, rep),
+                    f"(B, S, n_kv, D) = {(B, S, n_kv, D)}, n_rep={rep}",
                     mistakes=[(kv.repeat(1, 1, rep, 1),
                                "`repeat` tiles the heads (0,1,0,1,...): query head h must read KV head "
                                "h // n_rep, so repeat each KV head n_rep times in place (0,0,1,1,...)")])
@@ -44,9 +45,11 @@ def check_attend_with_cache(attend_step) -> None:
             exp = _reference_attention(q, k, v)
             s = q @ k.transpose(-2, -1)
             causal = torch.ones(T, T, dtype=torch.bool).tril()
-            c.close(torch.cat(outs, 2), exp, f"{T} steps of (B, H, D) = {(B, H, D)} vs full causal attention",
+            c.close(torch.cat(outs, 2), exp,
+                    f"{T} steps of (B, H, D) = {(B, H, D)} vs full causal attention",
                     mistakes=[
-                        (s.masked_fill(~causal, float("-inf")).softmax(-1) @ v, "scale the scores by 1/sqrt(D)"),
+                        (s.masked_fill(~causal, float("-inf")).softmax(-1) @ v,
+                         "scale the scores by 1/sqrt(D)"),
                         (v[:, :, :1].expand(B, H, T, D),
                          "no causal mask is needed for one new token: the cache holds only the past "
                          "(a tril mask of shape (1, S) keeps only the first key)"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import KVCache, MLA
+from ..attention import MLA, KVCache
 from ..config import ModelConfig
-from ..layers import apply_rotary_emb, precompute_freqs_cis
+from ..layers import precompute_freqs_cis
 from .checking import Checker
 
 
@@ -61,8 +61,9 @@ def check_split_wkv_b(split_wkv_b) -> None:
             exp = w.view(H, nope + v, r)
             got_uk, got_uv = split_wkv_b(w, H, nope, v)
             c.close(got_uk, exp[:, :nope], f"w_uk for {H} heads, nope={nope}, v={v}", mistakes=[
-                (w[:H * nope].view(H, nope, r), "the rows are grouped per head ([k_nope; v] of head 0, then of "
-                 "head 1, ...): view as (n_heads, nope + v, r) first, then split the middle dimension"),
+                (w[:H * nope].view(H, nope, r),
+                 "the rows are grouped per head ([k_nope; v] of head 0, then of head 1, ...): "
+                 "view as (n_heads, nope + v, r) first, then split the middle dimension"),
             ])
             c.close(got_uv, exp[:, nope:], f"w_uv for {H} heads, nope={nope}, v={v}", mistakes=[
                 (w[H * nope:].view(H, v, r), "the rows are grouped per head: view as (n_heads, nope + v, r) "
