@@ -9,8 +9,15 @@ from minids import moe as moe_mod
 from minids.config import ModelConfig
 from minids.layers import MLP
 from minids.model import MiniDeepSeek
-from minids.moe import (MoE, Router, choose_backend, dispatch_fast, dispatch_loop, max_violation,
-                        sequence_balance_loss)
+from minids.moe import (
+    MoE,
+    Router,
+    choose_backend,
+    dispatch_fast,
+    dispatch_loop,
+    max_violation,
+    sequence_balance_loss,
+)
 
 
 def moe_cfg(**kw):
@@ -68,7 +75,7 @@ def test_router_matches_equations(scoring, groups, with_bias):
     ref = reference_route(x.double(), r.weight.detach().double(), r.bias, K, n_group, topk_group, scoring,
                           True, 2.5)
     for t in range(x.size(0)):
-        got = dict(zip(idx[t].tolist(), w[t].tolist()))
+        got = dict(zip(idx[t].tolist(), w[t].tolist(), strict=True))
         assert set(got) == set(ref[t]), (t, got, ref[t])                      # compared as sets
         for i, v in ref[t].items():
             assert abs(got[i] - v) < 1e-5, (t, i, got[i], v)
@@ -123,7 +130,7 @@ def test_fast_dispatch_equals_loop(E, K, n_group, topk_group, backend):
     y_loop = dispatch_loop(m.experts, x, w, idx)
     y_fast = dispatch_fast(m.experts, x, w, idx, backend=backend)
     assert (y_fast - y_loop).abs().max() <= 1e-6
-    for a, b in zip(_grads(m, x, y_fast), _grads(m, x, y_loop)):
+    for a, b in zip(_grads(m, x, y_fast), _grads(m, x, y_loop), strict=True):
         if b is None:
             assert a is None or a.abs().max() == 0
         else:
@@ -142,7 +149,7 @@ def test_grouped_mm_backend_matches_loop_where_torch_supports_it():
         pytest.skip(f"torch._grouped_mm unavailable here: {e}")
     y_loop = dispatch_loop(m.experts, x, w, idx)
     assert (y - y_loop).abs().max() <= 1e-6
-    for a, b in zip(grads, _grads(m, x, y_loop)):
+    for a, b in zip(grads, _grads(m, x, y_loop), strict=True):
         if b is not None:
             assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), (a - b).abs().max()
 
@@ -155,7 +162,7 @@ def test_moe_module_fast_equals_loop():
     x = torch.randn(2, 9, 32, requires_grad=True)
     yf, yl = fast(x), loop(x)
     assert (yf - yl).abs().max() <= 1e-6
-    for a, b in zip(_grads(fast, x, yf), _grads(loop, x, yl)):
+    for a, b in zip(_grads(fast, x, yf), _grads(loop, x, yl), strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), (a - b).abs().max()
 
 

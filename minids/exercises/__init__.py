@@ -9,5 +9,6 @@ from .checking import Checker, CheckFailed  # noqa: F401
 from .ch01 import check_causal_attention, check_rms_norm, check_shift_targets, check_temperature_probs  # noqa: F401
 from .ch02 import check_attend_with_cache, check_kv_cache_size, check_repeat_kv  # noqa: F401
 from .ch03 import check_absorbed_output, check_absorbed_scores, check_mla_latents, check_split_wkv_b  # noqa: F401
+from .ch04 import check_group_mask, check_moe_dispatch, check_topk_gate, check_update_bias  # noqa: F401
 from .ch05 import check_acceptance_rule, check_mtp_logits, check_mtp_shift  # noqa: F401
 from .ch07 import check_implied_mfu, check_kv_cache_gib, check_moe_flops_per_token, check_training_gpu_hours  # noqa: F401
