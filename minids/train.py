@@ -205,7 +205,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
             metrics.flush()
 
     bar = tqdm(range(start, tc.max_iters), initial=start, total=tc.max_iters, disable=not tc.progress,
-               desc="train", dynamic_ncols=True)
+               desc="train", dynamic_ncols=True, mininterval=1.0)   # few redraws: cheap in notebooks
     t0 = t_log = time.perf_counter()
     tokens_since = 0
     model.train()
@@ -247,14 +247,14 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
             if peak:
                 rec["mfu"] = tps * fpt / peak
             log(rec)
-            bar.set_postfix(loss=f"{rec['main_loss']:.3f}")
+            bar.set_postfix(loss=f"{rec['main_loss']:.3f}", refresh=False)
             if callback:
                 callback(it, rec)
         if (it + 1) % tc.eval_interval == 0 or last:
             ev = {"iter": it + 1, **estimate_loss(model, dataset, tc, autocast)}
             result.evals.append(ev)
             log({"eval": True, **ev})
-            bar.set_postfix(loss=f"{out.main_loss.item():.3f}", val=f"{ev['val']:.3f}")
+            bar.set_postfix(loss=f"{out.main_loss.item():.3f}", val=f"{ev['val']:.3f}", refresh=False)
         if ckpt and (last or (tc.checkpoint_interval and (it + 1) % tc.checkpoint_interval == 0)):
             _save(ckpt, model, optimizer, gen, it + 1, meta)
     bar.close()
