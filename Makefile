@@ -10,21 +10,25 @@ THREADS ?= 1
 # A CPU build of torch is installed first (pinned), so that nothing later pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,hf]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# JupyterLab refuses to run as root unless told; only then is the flag added.
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/00_orientation.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_orientation.ipynb
 
+# The whole suite: unit tests, exercise checks, and strict nbval over the lessons and solutions
+# (two workers; a notebook's cells stay in one worker's kernel).
+NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900
 test: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -q
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest tests notebooks solutions $(NBVAL) -n 2 --dist loadfile -q
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q -m "not slow" tests --ignore=tests/test_notebooks.py
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest tests -q -m "not slow"
 
 train: $(STAMP)
 	$(BIN)/python -m minids train --preset baseline
