@@ -1,4 +1,4 @@
-"""Command line: python -m minids train | sample | bench | grade | exercises."""
+"""Command line: python -m minids train | sample | bench | cost | grade | exercises."""
 
 from __future__ import annotations
 
@@ -88,7 +88,23 @@ def _exercises(argv):
         print(f"wrote {p}")
 
 
-COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "grade": _grade, "exercises": _exercises}
+def _cost(argv):
+    from .config import PRESETS, get_preset
+    from .flops import PEAK_FLOPS, cost_table
+
+    ap = argparse.ArgumentParser(prog="python -m minids cost",
+                                 description="FLOPs, GPU-hours and dollars of training a preset on N tokens.")
+    ap.add_argument("--preset", default="deepseek-v3", choices=sorted(PRESETS))
+    ap.add_argument("--tokens", type=float, default=14.8e12, help="training tokens (V3: 14.8T)")
+    ap.add_argument("--device", default="H800", help=f"one of {', '.join(sorted(PEAK_FLOPS))}")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation in (0, 1]")
+    ap.add_argument("--price", type=float, default=2.0, help="dollars per GPU-hour")
+    ap.add_argument("--dtype", default="bfloat16")
+    args = ap.parse_args(argv)
+    print(cost_table(get_preset(args.preset), args.tokens, args.device, args.mfu, args.price, dtype=args.dtype))
+
+
+COMMANDS = {"cost": _cost, "train": _train, "sample": _sample, "bench": _bench, "grade": _grade, "exercises": _exercises}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m minids {{{'|'.join(COMMANDS)}}} ...")
         raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
-    COMMANDS[argv[0]](argv[1:])
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (ValueError, FileNotFoundError) as e:       # bad input: one clear line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
