@@ -363,7 +363,7 @@ def test_grouped_mm_failure_falls_back(monkeypatch):
         raise RuntimeError("no kernel")
     monkeypatch.setattr(torch, "_grouped_mm", broken, raising=False)
     monkeypatch.setattr(moe_mod, "_grouped_mm_failed", False)
-    monkeypatch.setattr(moe_mod, "_grouped_mm_usable", lambda x: not moe_mod._grouped_mm_failed)
+    monkeypatch.setattr(moe_mod, "_grouped_mm_usable", lambda *a: not moe_mod._grouped_mm_failed)
     with pytest.warns(UserWarning, match="_grouped_mm failed"):
         y = dispatch_fast(m.experts, x, w, idx)
     assert moe_mod._grouped_mm_failed

@@ -4,7 +4,8 @@ forward + backward on CPU; and the fast (sorted, batched) dispatch against the r
 Dense comparator: one SwiGLU with hidden size (K + shared) * moe_intermediate_size, i.e. the
 expert weights a token actually uses (the router's E*d weights are the MoE's only extra).
 Every variant is timed in the same rounds, interleaved, and the minimum per variant is reported,
-so a busy machine slows them alike. Ratios are to the dense MLP of the same row."""
+so a busy machine slows them alike; CPU time of this process, best of the rounds.
+Ratios are to the dense MLP of the same row."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..config import ModelConfig
 from ..layers import MLP
 from ..moe import MoE, dispatch_fast, dispatch_loop
 
-# (routed experts E, experts per token K, expert hidden size I, shared experts)
+# (routed experts E, experts per token K, expert hidden size I at d=128 (scaled with --dim), shared)
 CONFIGS = [(8, 2, 88, 1), (16, 4, 44, 1), (64, 8, 22, 1)]
 
 
@@ -36,18 +37,20 @@ def _moe_step(moe: MoE, x: torch.Tensor, how: str):
 
 
 def _time(fns: dict, rounds: int, reps: int) -> dict:
-    """Fastest ms per call of each fn over the rounds, measured round-robin (warm-up first);
-    the minimum, because a busy machine only ever adds time."""
+    """Fastest ms per call of each fn over the rounds, measured round-robin after a warm-up.
+    CPU time of this process (time.process_time), not wall time: with one thread it is the time
+    the work itself took, and other jobs on a shared machine do not inflate it; the minimum over
+    rounds drops what interference remains (caches, frequency)."""
     for f in fns.values():
         for _ in range(2):
             f()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t = time.process_time()
             for _ in range(reps):
                 f()
-            times[k].append((time.perf_counter() - t) / reps * 1e3)
+            times[k].append((time.process_time() - t) / reps * 1e3)
     return {k: min(v) for k, v in times.items()}
 
 
@@ -87,10 +90,11 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s); d={args.dim}, {args.tokens} tokens, forward+backward, "
-          f"best of {args.rounds} interleaved rounds")
+          f"CPU ms, best of {args.rounds} interleaved rounds")
     print(f"{'E':>3} {'K':>2} {'I':>3} {'S':>2} {'pad':>5} {'dense ms':>9} {'loop ms':>8} "
           f"{'fast ms':>8} {'bmm ms':>7} {'slices ms':>9}  {'fast/dense':>10} {'loop/fast':>9}")
     for E, K, I, S in CONFIGS:
+        I = I * args.dim // 128
         r = bench_config(E, K, I, S, args.dim, args.tokens, args.skew, args.rounds)
         ms = r["ms"]
         print(f"{E:>3} {K:>2} {I:>3} {S:>2} {r['pad']:>5.2f} {ms['dense']:>9.2f} {ms['loop']:>8.2f} "
