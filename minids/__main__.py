@@ -7,11 +7,16 @@ import sys
 
 
 def _train(argv):
-    from .config import PRESETS, TrainConfig, get_preset
-    from .train import train
+    import os
 
-    ap = argparse.ArgumentParser(prog="python -m minids train")
+    from .config import PRESETS, ModelConfig, TrainConfig, get_preset
+    from .train import gpu_train_config, train
+
+    ap = argparse.ArgumentParser(prog="python -m minids train", description="Many GPUs: the same "
+                                 "command under torchrun: torchrun --nproc_per_node=8 -m minids train ...")
     ap.add_argument("--preset", default="baseline", choices=sorted(PRESETS))
+    ap.add_argument("--model-config", default=None,
+                    help="a config.json (ModelConfig fields) instead of --preset")
     ap.add_argument("--out-dir", default="out", help="checkpoint and metrics.jsonl go here")
     ap.add_argument("--resume", action="store_true", help="continue exactly from out-dir's checkpoint")
     ap.add_argument("--max-iters", type=int, default=None)
@@ -20,18 +25,40 @@ def _train(argv):
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (per rank)")
+    ap.add_argument("--warmup-iters", type=int, default=None)
+    ap.add_argument("--lr-decay-iters", type=int, default=None)
+    ap.add_argument("--eval-interval", type=int, default=None)
+    ap.add_argument("--eval-iters", type=int, default=None)
+    ap.add_argument("--log-interval", type=int, default=None)
+    ap.add_argument("--checkpoint-interval", type=int, default=None)
+    ap.add_argument("--dataset", default=None, help="'shakespeare' or a token folder (prepare_dataset)")
+    ap.add_argument("--tokenizer", default=None, help="'char', 'bpe' or 'bpe:N'")
+    ap.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     changes = {k: v for k, v in dict(max_iters=args.max_iters, batch_size=args.batch_size,
                                      block_size=args.block_size, learning_rate=args.lr,
                                      device=args.device, dtype=args.dtype, num_threads=args.threads,
-                                     seed=args.seed).items() if v is not None}
-    tc = TrainConfig(out_dir=args.out_dir, compile=args.compile, **changes)
-    res = train(get_preset(args.preset), tc, resume=args.resume)
-    print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
-          f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {args.out_dir}/")
+                                     seed=args.seed, grad_accum_steps=args.grad_accum,
+                                     warmup_iters=args.warmup_iters, lr_decay_iters=args.lr_decay_iters,
+                                     eval_interval=args.eval_interval,
+                                     eval_iters=args.eval_iters, log_interval=args.log_interval,
+                                     checkpoint_interval=args.checkpoint_interval, dataset=args.dataset,
+                                     tokenizer=args.tokenizer).items() if v is not None}
+    flags = dict(out_dir=args.out_dir, fsdp=args.fsdp, progress=not args.no_progress)
+    if args.compile is not None:
+        flags["compile"] = args.compile
+    model_cfg = ModelConfig.from_json(args.model_config) if args.model_config else get_preset(args.preset)
+    base = gpu_train_config(args.preset) if args.preset.startswith("gpu") and not args.model_config else None
+    tc = base.replace(**flags, **changes) if base else TrainConfig(**flags, **changes)
+    res = train(model_cfg, tc, resume=args.resume)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
+              f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {args.out_dir}/")
 
 
 def _sample(argv):
@@ -104,7 +131,8 @@ def _cost(argv):
     print(cost_table(get_preset(args.preset), args.tokens, args.device, args.mfu, args.price, dtype=args.dtype))
 
 
-COMMANDS = {"cost": _cost, "train": _train, "sample": _sample, "bench": _bench, "grade": _grade, "exercises": _exercises}
+COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "cost": _cost, "grade": _grade,
+            "exercises": _exercises}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -224,6 +224,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"             # "bfloat16" -> autocast on GPU
     compile: bool = False
+    fsdp: bool = False                 # multi-GPU: shard params/grads/optimizer (FSDP2), not DDP
     num_threads: int = 0               # CPU threads; 0 leaves torch's choice
     dataset: str = "shakespeare"
     tokenizer: str = "char"
@@ -290,6 +291,22 @@ PRESETS: dict[str, dict] = {
                     v_head_dim=32, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
                     moe_intermediate_size=88, n_group=2, topk_group=1, first_k_dense_replace=1,
                     routed_scaling_factor=1.0, num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    # --- chapter 08: one modern GPU for about an hour (train.gpu_train_config has the run) ---
+    # A mini-V3 at GPT-2-small width: MLA (query and KV compression, decoupled RoPE), V3's
+    # routing shape (64 fine-grained experts in 8 groups, 4 groups kept, top-8, 1 shared, scale
+    # 2.5), first layer dense, one MTP module. 279M parameters (257M main + 23M MTP), 75M active,
+    # at vocab 8192 (a BPE trained on the corpus; the trainer sets the real vocab). v_head_dim =
+    # qk head dim (96) so PyTorch's flash attention kernel applies (it wants equal head dims).
+    "gpu": dict(vocab_size=8192, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=1024,
+                q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32,
+                v_head_dim=96, n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=8,
+                moe_intermediate_size=128, n_group=8, topk_group=4, first_k_dense_replace=1,
+                routed_scaling_factor=2.5, num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    # The dense baseline for the MFU comparison: MHA, SwiGLU, no MTP; its FFN width is chosen so
+    # that its training FLOPs per token (1,024-token context) match "gpu"'s within 1% (minids.flops).
+    "gpu-dense": dict(vocab_size=8192, hidden_size=768, intermediate_size=2112, num_hidden_layers=12,
+                      num_attention_heads=12, max_position_embeddings=1024),
     "deepseek-v3": DEEPSEEK_V3,
 }
 
