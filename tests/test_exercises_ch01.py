@@ -4,16 +4,23 @@ import math
 
 import pytest
 import torch
-
-from minids.exercises import CheckFailed, check_causal_attention, check_rms_norm, check_shift_targets, check_temperature_probs
 from nbutil import notebook_namespace
+
+from minids.exercises import (
+    CheckFailed,
+    check_causal_attention,
+    check_rms_norm,
+    check_shift_targets,
+    check_temperature_probs,
+)
 
 SOL = notebook_namespace("solutions/01_gpt_baseline.ipynb")
 STUB = notebook_namespace("solutions/01_gpt_baseline.ipynb", stubbed=True)
 
 CASES = {
     "rms_norm": (check_rms_norm, [
-        lambda x, w, eps=1e-6: (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps) * w,
+        lambda x, w, eps=1e-6: ((x - x.mean(-1, keepdim=True))
+                                / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps) * w),
         lambda x, w, eps=1e-6: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps),
         lambda x, w, eps=1e-6: x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w,
     ]),

@@ -4,7 +4,6 @@ import re
 
 import nbformat
 import pytest
-
 from nbutil import ROOT
 
 SEED = ROOT.parent / "shared" / "seed" / "000_625d13c4cb8d337a.txt"
