@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from nbutil import notebook_namespace
 
 from minids.exercises import CheckFailed, check_acceptance_rule, check_mtp_logits, check_mtp_shift
-from nbutil import notebook_namespace
 
 SOL = notebook_namespace("solutions/05_mtp.ipynb")
 STUB = notebook_namespace("solutions/05_mtp.ipynb", stubbed=True)

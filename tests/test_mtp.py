@@ -65,11 +65,11 @@ def test_mtp_losses_match_a_per_position_transcription(make):
     y_ignored = y.clone()
     y_ignored[0, -1] = -1                                    # an ignored target at the very end
     y_ignored[2, 4] = -1
-    for y in (y, y_ignored):
-        got = mtp_losses(model, model(x).hidden, x, y)
-        exp = transcribed_mtp_losses(model, x, y)
+    for targets in (y, y_ignored):
+        got = mtp_losses(model, model(x).hidden, x, targets)
+        exp = transcribed_mtp_losses(model, x, targets)
         assert len(got) == len(exp) == 2
-        for g, e in zip(got, exp):
+        for g, e in zip(got, exp, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
@@ -107,7 +107,7 @@ def test_depth_k_never_sees_tokens_after_t_i_plus_k():
     x2 = x.clone()
     x2[0, j] = (x2[0, j] + 1) % V
     changed = depth_logits(x2)
-    for k, (a, b) in enumerate(zip(base, changed), start=1):
+    for k, (a, b) in enumerate(zip(base, changed, strict=True), start=1):
         # depth k at position i reads t_0 .. t_{i+k}: positions i < j - k cannot change
         torch.testing.assert_close(a[:, :j - k], b[:, :j - k])
         assert not torch.allclose(a[:, j - k], b[:, j - k])

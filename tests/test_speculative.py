@@ -117,7 +117,7 @@ def test_rollback_leaves_no_stale_cache_entries():
         # a plain run over the final tokens: prefill all but the newest one
         ref = model.new_cache()
         o = model(out[:, :n - 1], cache=ref[:L])
-        for c, r in zip(cache[:L], ref[:L]):
+        for c, r in zip(cache[:L], ref[:L], strict=True):
             assert c.length == r.length == n - 1
             for key in r.buffers:
                 torch.testing.assert_close(c.buffers[key][:, :n - 1], r.buffers[key][:, :n - 1],

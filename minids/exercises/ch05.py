@@ -59,7 +59,7 @@ def check_mtp_logits(mtp_logits) -> None:
                 got = mtp_logits(model, h, x)
                 fc = model.freqs_cis[:T - 1]
                 e, hh = model.embed_tokens(x[:, 1:]), h[:, :-1]
-                cat = lambda a, b: m.eh_proj(torch.cat([a, b], -1))  # noqa: E731
+                cat = lambda a, b, m=m: m.eh_proj(torch.cat([a, b], -1))  # noqa: E731
                 wrong = [
                     (model.lm_head(m.norm(m.block(cat(m.enorm(model.embed_tokens(x[:, :-1])), m.hnorm(hh)), fc))),
                      "embed the NEXT token t_{i+1} = x[:, 1:], not t_i"),
