@@ -87,6 +87,11 @@ def grade(paths: list[str | Path], timeout: int = 120, csv_path: str | Path | No
         else:
             jobs.append((p, p.stem))
     rows = [grade_notebook(f, timeout, learner) for f, learner in jobs]
+    graded = {r["notebook"]: r for r in rows if r["max"]}
+    for r in rows:                      # an unreadable file scores 0 on its chapter's tasks, if known
+        if not r["max"] and r["notebook"] in graded:
+            peer = graded[r["notebook"]]
+            r["chapter"], r["tasks"], r["max"] = peer["chapter"], dict.fromkeys(peer["tasks"], 0), peer["max"]
     all_tasks = []
     for r in rows:
         all_tasks += [t for t in r["tasks"] if t not in all_tasks]
