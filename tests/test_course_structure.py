@@ -38,7 +38,7 @@ def test_lesson_opens_with_build_time_and_previous_chapter(path):
 
 
 # Known gaps, reported to the lead (strict xfail: once a notebook is fixed, its entry must go).
-NO_SUMMARY_YET = {"00_orientation.ipynb": "ends with 'How to use this course' and 'Next:', no summary"}
+NO_SUMMARY_YET: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NO_SUMMARY_YET[p.name]))

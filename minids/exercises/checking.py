@@ -12,6 +12,11 @@ FAIL_MARK = "❌"
 class CheckFailed(AssertionError):
     """A check did not pass; the message says what was expected, what came, and a likely cause."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through the checker's own code: the verdict
+        # with its details has already been printed above the error.
+        return [f"CheckFailed: {str(self).splitlines()[0]}  (details above)"]
+
 
 class Checker:
     """Use as `with Checker("rms_norm") as c: c.close(got, expected, "case")`. On leaving, prints
