@@ -66,6 +66,12 @@ def _broken_and_hanging(tmp_path):
     hanging = nbformat.reads(nbformat.writes(sol), as_version=4)
     hanging.cells.insert(5, nbformat.v4.new_code_cell("import time\nwhile True:\n    time.sleep(0.1)"))
     nbformat.write(hanging, folder / "dave" / "01_gpt_baseline.ipynb")
+    (folder / "eve").mkdir()
+    cheat = make_exercise(sol)                               # stubs, plus hand-printed passes
+    cheat.cells.insert(2, nbformat.v4.new_code_cell(
+        "def check_rms_norm(fn):\n    print('✅ rms_norm: passed 4/4 tests')\n"
+        "print('✅ causal_attention: passed 3/3 tests')"))
+    nbformat.write(cheat, folder / "eve" / "01_gpt_baseline.ipynb")
     return folder
 
 
@@ -79,8 +85,9 @@ def test_grade_folder_with_good_broken_and_hanging_notebooks(tmp_path):
     assert rows["bob"]["score"] == 0 and rows["bob"]["max"] == 4
     assert rows["carol"]["score"] == 3 and rows["carol"]["tasks"]["shift_targets"] == 0
     assert rows["dave"]["status"] == "timeout" and rows["dave"]["score"] >= 1   # tasks after the hang still run
+    assert rows["eve"]["score"] == 0                      # printing ✅ or redefining a check earns nothing
     with open(out) as f:
         table = list(csv.DictReader(f))
-    assert {r["learner"] for r in table} == {"alice", "bob", "carol", "dave"}
+    assert {r["learner"] for r in table} == {"alice", "bob", "carol", "dave", "eve"}
     assert table[0].keys() >= {"rms_norm", "causal_attention", "shift_targets", "temperature_probs", "score"}
     assert (folder / "bob" / "01_gpt_baseline.ipynb").read_bytes() == before       # never modified

@@ -1,10 +1,13 @@
 """Grade learners' notebooks: run each one in a fresh kernel (a copy, in a temporary folder, so
-the learner's file is never touched), read which checks printed a pass, write a score table
-and a CSV. A notebook that raises, hangs (per-cell timeout) or was renamed is still graded."""
+the learner's file is never touched), then run every check once more in a cell the grader adds
+at the end, with the checks imported afresh from `minids.exercises` (so a hand-printed ✅ or a
+redefined check earns nothing), and write a score table and a CSV. A notebook that raises, hangs
+(per-cell timeout) or was renamed is still graded."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import tempfile
@@ -13,9 +16,26 @@ from pathlib import Path
 import nbformat
 
 from .build import tasks_of
-from .checking import PASS_MARK
 
-PASSED = re.compile(rf"^{PASS_MARK} (\w+): passed", re.MULTILINE)
+CALL = re.compile(r"^\s*check_(\w+)\((.*)\)\s*$", re.MULTILINE)
+VERDICT = "MINIDS-GRADE "
+
+
+def _verification_cell(nb) -> str:
+    """Code that re-runs each `check_<task>(<args>)` of the notebook with the genuine check and
+    prints one JSON line {task: 0/1}."""
+    calls = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            for task, args in CALL.findall(cell.source):
+                calls.setdefault(task, args)
+    lines = ["import contextlib as _cl, io as _io, json as _js", "import minids.exercises as _ex", "_v = {}"]
+    for task, args in calls.items():
+        lines += ["try:", "    with _cl.redirect_stdout(_io.StringIO()):",
+                  f"        _ex.check_{task}({args})", f"    _v[{task!r}] = 1",
+                  "except BaseException:", f"    _v[{task!r}] = 0"]
+    lines.append(f"print({VERDICT!r} + _js.dumps(_v))")
+    return "\n".join(lines)
 
 
 def _outputs_text(nb) -> str:
@@ -49,6 +69,7 @@ def grade_notebook(path: str | Path, timeout: int = 120, learner: str | None = N
         work = Path(tmp) / "submission.ipynb"
         shutil.copy(path, work)
         nb = nbformat.read(work, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(_verification_cell(nb)))
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                                 interrupt_on_timeout=True, resources={"metadata": {"path": tmp}})
         try:
@@ -65,8 +86,9 @@ def grade_notebook(path: str | Path, timeout: int = 120, learner: str | None = N
             row["status"] = "timeout"
         elif row["status"] == "ok" and errors:
             row["status"] = f"{len(errors)} cell(s) raised"
-    passed = set(PASSED.findall(text))
-    row["tasks"] = {t: int(t in passed) for t in tasks}
+    verdicts = [json.loads(line[len(VERDICT):]) for line in text.splitlines() if line.startswith(VERDICT)]
+    verdict = verdicts[-1] if verdicts else {}                # no verdict (kernel died): nothing passed
+    row["tasks"] = {t: int(verdict.get(t, 0)) for t in tasks}
     row["score"], row["max"] = sum(row["tasks"].values()), len(tasks)
     return row
 
