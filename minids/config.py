@@ -284,13 +284,31 @@ PRESETS: dict[str, dict] = {
     "baseline": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                      num_attention_heads=4, max_position_embeddings=64),
     # DeepSeek-V3's ideas at course size: MLA, fine-grained + shared experts with group-limited
-    # sigmoid routing and aux-loss-free balancing, first layer dense, one MTP module.
-    "mini-v3": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+    # sigmoid routing and aux-loss-free balancing, first layer dense, one MTP module. Sized
+    # (chapter 06) so that its training FLOPs per token at context 64, MTP module INCLUDED
+    # (minids.flops.flops_per_token), equal the baseline's within 0.2%: one shared + top-2 of 8
+    # routed experts of 77 (4 groups of 2, 2 groups kept: V3 keeps half its groups), the dense
+    # first layer as wide as the shared + K routed experts (V3: 18432 = 9 x 2048).
+    "mini-v3": dict(hidden_size=128, intermediate_size=231, num_hidden_layers=4,
                     num_attention_heads=4, max_position_embeddings=64,
                     q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
                     v_head_dim=32, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-                    moe_intermediate_size=88, n_group=2, topk_group=1, first_k_dense_replace=1,
+                    moe_intermediate_size=77, n_group=4, topk_group=2, first_k_dense_replace=1,
                     routed_scaling_factor=1.0, num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    # Chapter 06 ablations: the baseline with exactly ONE idea switched on, the FFN width
+    # re-chosen so the training FLOPs per token (context 64, MTP counted) stay the baseline's.
+    "baseline+mla": dict(hidden_size=128, intermediate_size=368, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=64,
+                         q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                         v_head_dim=32),
+    "baseline+moe": dict(hidden_size=128, intermediate_size=351, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=64,
+                         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                         moe_intermediate_size=117, n_group=4, topk_group=2, first_k_dense_replace=1,
+                         routed_scaling_factor=1.0),
+    "baseline+mtp": dict(hidden_size=128, intermediate_size=217, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=64,
+                         num_nextn_predict_layers=1, mtp_loss_weight=0.3),
     # --- chapter 08: one modern GPU for about an hour (train.gpu_train_config has the run) ---
     # A mini-V3 at GPT-2-small width: MLA (query and KV compression, decoupled RoPE), V3's
     # routing shape (64 fine-grained experts in 8 groups, 4 groups kept, top-8, 1 shared, scale
