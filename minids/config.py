@@ -309,6 +309,13 @@ PRESETS: dict[str, dict] = {
     "baseline+mtp": dict(hidden_size=128, intermediate_size=217, num_hidden_layers=4,
                          num_attention_heads=4, max_position_embeddings=64,
                          num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    # mini-v3 minus its MTP module (leave-one-out), the compute given back to the experts (122).
+    "mini-v3-no-mtp": dict(hidden_size=128, intermediate_size=366, num_hidden_layers=4,
+                           num_attention_heads=4, max_position_embeddings=64,
+                           q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                           v_head_dim=32, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                           moe_intermediate_size=122, n_group=4, topk_group=2, first_k_dense_replace=1,
+                           routed_scaling_factor=1.0),
     # --- chapter 08: one modern GPU for about an hour (train.gpu_train_config has the run) ---
     # A mini-V3 at GPT-2-small width: MLA (query and KV compression, decoupled RoPE), V3's
     # routing shape (64 fine-grained experts in 8 groups, 4 groups kept, top-8, 1 shared, scale

@@ -31,7 +31,7 @@ def test_baseline_preset_is_nanogpt_cpu_size():
     assert not (c.is_mla or c.is_moe or c.num_nextn_predict_layers)
 
 
-@pytest.mark.parametrize("name", ablation.MODELS)
+@pytest.mark.parametrize("name", [*ablation.MODELS, "mini-v3-no-mtp"])
 def test_training_flops_per_token_equal_to_the_baseline(name):
     base = flops_per_token(get_preset("baseline", vocab_size=V), T)
     f = flops_per_token(get_preset(name, vocab_size=V), T)          # MTP module included
@@ -66,6 +66,12 @@ def test_mini_v3_has_all_three_in_v3_proportions():
     assert c.bias_update_speed > 0 and c.aux_loss_alpha == 0                # aux-loss-free balancing
     p = param_count(c)
     assert p.active < p.total / 2
+
+
+def test_leave_one_out_drops_only_mtp():
+    mini, loo = get_preset("mini-v3").to_dict(), get_preset("mini-v3-no-mtp").to_dict()
+    assert {k for k in mini if mini[k] != loo[k]} <= MTP_FIELDS | SIZE | {"moe_intermediate_size"}
+    assert get_preset("mini-v3-no-mtp").num_nextn_predict_layers == 0
 
 
 def test_ablation_presets_are_registered():
