@@ -34,14 +34,15 @@ class Checker:
         one of the known `mistakes` (answer, explanation), say which."""
         got_t = torch.as_tensor(got) if not torch.is_tensor(got) else got
         exp_t = torch.as_tensor(expected) if not torch.is_tensor(expected) else expected
-        if tuple(got_t.shape) != tuple(exp_t.shape):
-            raise CheckFailed(f"{what}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}")
         got_f, exp_f = got_t.detach().double(), exp_t.detach().double()
-        if torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
+        if tuple(got_t.shape) != tuple(exp_t.shape):
+            msg = f"{what}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}"
+        elif torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
             self.passed += 1
             return
-        msg = (f"{what}: values differ (max |got - expected| = {(got_f - exp_f).abs().max().item():.3g})\n"
-               f"    expected {_preview(exp_f)}\n    got      {_preview(got_f)}")
+        else:
+            msg = (f"{what}: values differ (max |got - expected| = {(got_f - exp_f).abs().max().item():.3g})\n"
+                   f"    expected {_preview(exp_f)}\n    got      {_preview(got_f)}")
         for wrong, why in mistakes:
             w = torch.as_tensor(wrong).detach().double()
             if w.shape == got_f.shape and torch.allclose(got_f, w, atol=atol, rtol=rtol):
