@@ -34,3 +34,36 @@ def notebook_namespace(path: str | Path, stubbed: bool = False, skip_checks: boo
                 if not stubbed:
                     raise
     return ns
+
+
+def check_contract(cases: dict, sol: dict, stub: dict):
+    """The three tests every chapter's checks must pass, for `cases` = {name: (check, [wrong
+    answers])}: the check passes on the solution's function, fails on the stub with 'not
+    implemented yet', and rejects every plausible wrong answer. Assign the returned functions to
+    module-level `test_...` names so pytest collects them."""
+    import pytest
+
+    from minids.exercises import CheckFailed
+
+    names = sorted(cases)
+
+    @pytest.mark.parametrize("name", names)
+    def test_check_passes_on_solution(name, capsys):
+        cases[name][0](sol[name])
+        assert "✅" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("name", names)
+    def test_check_fails_on_stub(name, capsys):
+        with pytest.raises(CheckFailed, match="not implemented yet"):
+            cases[name][0](stub[name])
+        assert "❌" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("name", names)
+    def test_check_rejects_plausible_mistakes(name):
+        check, wrongs = cases[name]
+        assert wrongs, f"{name}: list at least one plausible wrong answer"
+        for wrong in wrongs:
+            with pytest.raises(CheckFailed):
+                check(wrong)
+
+    return test_check_passes_on_solution, test_check_fails_on_stub, test_check_rejects_plausible_mistakes

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from nbutil import notebook_namespace
+from nbutil import check_contract, notebook_namespace
 
 from minids.exercises import CheckFailed, check_attend_with_cache, check_kv_cache_size, check_repeat_kv
 
@@ -49,27 +49,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_passes_on_solution(name, capsys):
-    check, _ = CASES[name]
-    check(SOL[name])
-    assert "✅" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_fails_on_stub(name, capsys):
-    check, _ = CASES[name]
-    with pytest.raises(CheckFailed, match="not implemented yet"):
-        check(STUB[name])
-    assert "❌" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_rejects_plausible_mistakes(name):
-    check, wrongs = CASES[name]
-    for wrong in wrongs:
-        with pytest.raises(CheckFailed):
-            check(wrong)
+test_check_passes_on_solution, test_check_fails_on_stub, test_check_rejects_plausible_mistakes = \
+    check_contract(CASES, SOL, STUB)
 
 
 def test_mistakes_are_named():

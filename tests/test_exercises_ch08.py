@@ -1,9 +1,9 @@
 """Every chapter-08 check passes on the solution, fails on the stub, and rejects plausible mistakes."""
 
-import pytest
 
-from minids.exercises import CheckFailed, check_accumulate_grads, check_mfu, check_rank_slice
-from nbutil import notebook_namespace
+from nbutil import check_contract, notebook_namespace
+
+from minids.exercises import check_accumulate_grads, check_mfu, check_rank_slice
 
 SOL = notebook_namespace("solutions/08_scaling_up.ipynb")
 STUB = notebook_namespace("solutions/08_scaling_up.ipynb", stubbed=True)
@@ -29,21 +29,5 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_passes_on_solution(name, capsys):
-    CASES[name][0](SOL[name])
-    assert "✅" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_fails_on_stub(name):
-    with pytest.raises(CheckFailed, match="not implemented yet"):
-        CASES[name][0](STUB[name])
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_check_rejects_plausible_mistakes(name):
-    check, wrongs = CASES[name]
-    for wrong in wrongs:
-        with pytest.raises(CheckFailed, match="likely mistake|must"):
-            check(wrong)
+test_check_passes_on_solution, test_check_fails_on_stub, test_check_rejects_plausible_mistakes = \
+    check_contract(CASES, SOL, STUB)
