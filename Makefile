@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The file browser shows the whole course (notebooks/, exercises/, solutions/); chapter 00 opens first.
 # JupyterLab refuses to run as root unless told; only then is the flag added.
 LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_orientation.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_orientation.ipynb
 
 # The whole suite: unit tests, exercise checks, and strict nbval over the lessons and solutions
 # (two workers; a notebook's cells stay in one worker's kernel).
