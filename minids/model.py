@@ -108,7 +108,10 @@ class MiniDeepSeek(nn.Module):
             if out.mtp_losses:
                 out.mtp_loss = torch.stack(out.mtp_losses).mean()   # 1/D sum_k L^k  (eq 25)
                 loss = loss + self.mtp_loss_weight * out.mtp_loss
-        aux = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
+        moes = [layer.ffn for layer in self.layers]
+        if self.mtp_loss_weight > 0:               # lambda = 0: the MTP path must not train anything
+            moes += [module.block.ffn for module in self.mtp]
+        aux = [m.aux_loss for m in moes if isinstance(m, MoE) and m.aux_loss is not None]
         if aux:
             out.aux_loss = torch.stack(aux).sum()
             loss = loss + out.aux_loss

@@ -168,7 +168,11 @@ def _tiny_dataset():
     return TokenDataset(np.array(tok.encode(text), dtype=np.int64), tok)
 
 
-@pytest.mark.parametrize("make", [small, small_moe])
+def small_moe_with_balance_loss(**kw):
+    return small_moe(aux_loss_alpha=0.01, **kw)
+
+
+@pytest.mark.parametrize("make", [small, small_moe, small_moe_with_balance_loss])
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_lambda_zero_trains_the_main_model_exactly_as_without_mtp(make, clip):
     """Same seed -> same main init (building the MTP modules does not shift the RNG); with
