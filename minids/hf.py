@@ -222,17 +222,20 @@ def _state_dict(x) -> dict:
     return x.state_dict() if isinstance(x, torch.nn.Module) else dict(x)
 
 
+def _convert(name: str, w: torch.Tensor, cfg: ModelConfig, perm) -> torch.Tensor:
+    """One block weight across the bridge (either way): permute the rope rows of the query and
+    latent projections when `perm` is given; HF keeps the router bias in fp32."""
+    if perm is not None and name in ("attn.wq.weight", "attn.wq_b.weight"):
+        return _permute_q(w, cfg, perm)
+    if perm is not None and name == "attn.wkv_a.weight":
+        return _permute_kv_a(w, cfg, perm)
+    return w.float() if name == "ffn.gate.bias" else w
+
+
 def _block_to_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, perm, expert_layout: str, out: dict):
     for a, b in _BLOCK_NAMES:
         if src + a in sd:
-            w = sd[src + a]
-            if perm is not None and a in ("attn.wq.weight", "attn.wq_b.weight"):
-                w = _permute_q(w, cfg, perm)
-            elif perm is not None and a == "attn.wkv_a.weight":
-                w = _permute_kv_a(w, cfg, perm)
-            elif a == "ffn.gate.bias":
-                w = w.float()                                  # HF keeps the bias in fp32
-            out[dst + b] = w
+            out[dst + b] = _convert(a, sd[src + a], cfg, perm)
     if src + "ffn.experts.gate_up_proj" in sd:
         gu = sd[src + "ffn.experts.gate_up_proj"]                      # (E, 2I, d)
         down = sd[src + "ffn.experts.down_proj"]                       # (E, d, I)
@@ -250,14 +253,7 @@ def _block_to_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, perm, expert_la
 def _block_from_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, inv, out: dict):
     for a, b in _BLOCK_NAMES:
         if src + b in sd:
-            w = sd[src + b]
-            if inv is not None and a in ("attn.wq.weight", "attn.wq_b.weight"):
-                w = _permute_q(w, cfg, inv)
-            elif inv is not None and a == "attn.wkv_a.weight":
-                w = _permute_kv_a(w, cfg, inv)
-            elif a == "ffn.gate.bias":
-                w = w.float()
-            out[dst + a] = w
+            out[dst + a] = _convert(a, sd[src + b], cfg, inv)
     if src + "mlp.experts.gate_up_proj" in sd:                          # transformers >= 5
         out[dst + "ffn.experts.gate_up_proj"] = sd[src + "mlp.experts.gate_up_proj"]
         out[dst + "ffn.experts.down_proj"] = sd[src + "mlp.experts.down_proj"]
