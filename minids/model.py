@@ -119,6 +119,21 @@ class MiniDeepSeek(nn.Module):
         return out
 
     # ------------------------------------------------------------------------ helpers
+    def _apply(self, fn, recurse=True):
+        """`.to(dtype)`, `.half()`, `.double()` cast every floating buffer: keep the RoPE table
+        complex64 and the router biases fp32 (V3 keeps the gate in fp32); device moves still apply."""
+        freqs = self._buffers.pop("freqs_cis")                       # (not offered to the cast at all)
+        biases = [m.gate.bias for m in self.moe_layers()]             # the originals, uncast
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers["freqs_cis"] = freqs
+        device = self.embed_tokens.weight.device
+        self.freqs_cis = freqs.to(device)
+        for m, b in zip(self.moe_layers(), biases):
+            m.gate.bias = b.to(device=device, dtype=torch.float32)
+        return self
+
     def new_cache(self, max_len: int | None = None) -> list[KVCache]:
         """One KVCache per main layer, then one per MTP block."""
         n = self.config.num_hidden_layers + len(self.mtp)

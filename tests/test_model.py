@@ -84,3 +84,26 @@ def test_init_scales_residual_projections():
 def test_tied_embeddings_share_storage():
     m = MiniDeepSeek(tiny(tie_word_embeddings=True))
     assert m.lm_head.weight is m.embed_tokens.weight
+
+
+def test_dtype_casts_keep_the_rope_table_and_router_biases():
+    import warnings
+
+    from minids.config import get_preset as gp
+    cfg = gp("mini-v3", vocab_size=50)
+    m = MiniDeepSeek(cfg).eval()
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        ref = m(x).logits
+        for moe in m.moe_layers():
+            moe.gate.bias.uniform_(-0.01, 0.01)
+        ref = m(x).logits
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                      # no "casting complex to real" warning
+            d = m.to(torch.float64)
+            assert d.freqs_cis.dtype == torch.complex64
+            assert all(moe.gate.bias.dtype == torch.float32 for moe in d.moe_layers())
+            torch.testing.assert_close(d(x).logits.float(), ref, atol=1e-4, rtol=1e-4)
+            b = m.to(torch.bfloat16)
+            assert b.embed_tokens.weight.dtype == torch.bfloat16 and b.freqs_cis.dtype == torch.complex64
+            assert torch.isfinite(b(x).logits.float()).all()
