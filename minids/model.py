@@ -130,7 +130,7 @@ class MiniDeepSeek(nn.Module):
             self._buffers["freqs_cis"] = freqs
         device = self.embed_tokens.weight.device
         self.freqs_cis = freqs.to(device)
-        for m, b in zip(self.moe_layers(), biases):
+        for m, b in zip(self.moe_layers(), biases, strict=True):
             m.gate.bias = b.to(device=device, dtype=torch.float32)
         return self
 
