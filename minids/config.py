@@ -278,44 +278,32 @@ DEEPSEEK_V3 = dict(
     scoring_func="sigmoid", topk_method="noaux_tc", num_nextn_predict_layers=1,
 )
 
+# The course's CPU size (nanoGPT's documented CPU run: 4 layers, 4 heads, width 128, context 64)
+# and the three ideas as switches, so that each preset below reads as "which ideas are on".
+_CPU = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=64)
+_MLA = dict(q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
+_MOE = dict(n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2,
+            first_k_dense_replace=1, routed_scaling_factor=1.0)
+_MTP = dict(num_nextn_predict_layers=1, mtp_loss_weight=0.3)
+
 PRESETS: dict[str, dict] = {
-    # A plain dense GPT at nanoGPT's documented CPU size (4 layers, 4 heads, width 128, ctx 64).
+    # A plain dense GPT at nanoGPT's documented CPU size.
     # SwiGLU's hidden size 352 keeps the FFN at ~ nanoGPT's 8*d^2 parameters (3 matrices, not 2).
-    "baseline": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                     num_attention_heads=4, max_position_embeddings=64),
+    "baseline": dict(**_CPU, intermediate_size=352),
     # DeepSeek-V3's ideas at course size: MLA, fine-grained + shared experts with group-limited
     # sigmoid routing and aux-loss-free balancing, first layer dense, one MTP module. Sized
     # (chapter 06) so that its training FLOPs per token at context 64, MTP module INCLUDED
     # (minids.flops.flops_per_token), equal the baseline's within 0.2%: one shared + top-2 of 8
     # routed experts of 77 (4 groups of 2, 2 groups kept: V3 keeps half its groups), the dense
     # first layer as wide as the shared + K routed experts (V3: 18432 = 9 x 2048).
-    "mini-v3": dict(hidden_size=128, intermediate_size=231, num_hidden_layers=4,
-                    num_attention_heads=4, max_position_embeddings=64,
-                    q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
-                    v_head_dim=32, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-                    moe_intermediate_size=77, n_group=4, topk_group=2, first_k_dense_replace=1,
-                    routed_scaling_factor=1.0, num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    "mini-v3": dict(**_CPU, **_MLA, **_MOE, **_MTP, intermediate_size=231, moe_intermediate_size=77),
     # Chapter 06 ablations: the baseline with exactly ONE idea switched on, the FFN width
     # re-chosen so the training FLOPs per token (context 64, MTP counted) stay the baseline's.
-    "baseline+mla": dict(hidden_size=128, intermediate_size=368, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=64,
-                         q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
-                         v_head_dim=32),
-    "baseline+moe": dict(hidden_size=128, intermediate_size=351, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=64,
-                         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-                         moe_intermediate_size=117, n_group=4, topk_group=2, first_k_dense_replace=1,
-                         routed_scaling_factor=1.0),
-    "baseline+mtp": dict(hidden_size=128, intermediate_size=217, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=64,
-                         num_nextn_predict_layers=1, mtp_loss_weight=0.3),
+    "baseline+mla": dict(**_CPU, **_MLA, intermediate_size=368),
+    "baseline+moe": dict(**_CPU, **_MOE, intermediate_size=351, moe_intermediate_size=117),
+    "baseline+mtp": dict(**_CPU, **_MTP, intermediate_size=217),
     # mini-v3 minus its MTP module (leave-one-out), the compute given back to the experts (122).
-    "mini-v3-no-mtp": dict(hidden_size=128, intermediate_size=366, num_hidden_layers=4,
-                           num_attention_heads=4, max_position_embeddings=64,
-                           q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
-                           v_head_dim=32, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-                           moe_intermediate_size=122, n_group=4, topk_group=2, first_k_dense_replace=1,
-                           routed_scaling_factor=1.0),
+    "mini-v3-no-mtp": dict(**_CPU, **_MLA, **_MOE, intermediate_size=366, moe_intermediate_size=122),
     # --- chapter 08: one modern GPU for about an hour (train.gpu_train_config has the run) ---
     # A mini-V3 at GPT-2-small width: MLA (query and KV compression, decoupled RoPE), V3's
     # routing shape (64 fine-grained experts in 8 groups, 4 groups kept, top-8, 1 shared, scale
