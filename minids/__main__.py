@@ -93,7 +93,7 @@ def _bench(argv):
 
 
 def _grade(argv):
-    from .exercises.grade import grade
+    from .checks.grade import grade
 
     ap = argparse.ArgumentParser(prog="python -m minids grade",
                                  description="Run learners' notebooks and score their checks.")
@@ -105,7 +105,7 @@ def _grade(argv):
 
 
 def _exercises(argv):
-    from .exercises.build import build
+    from .checks.build import build
 
     ap = argparse.ArgumentParser(prog="python -m minids exercises")
     ap.add_argument("--src", default="solutions")

@@ -1,7 +1,7 @@
 """Graded exercises: the checks that exercise notebooks call (one module per chapter), the
 builder that writes `exercises/` from `solutions/`, and the grader.
 
-    from minids.exercises import check_rms_norm
+    from minids.checks import check_rms_norm
     check_rms_norm(my_rms_norm)     # prints what passed; on failure what was expected and what came
 """
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import (
+from minids.checks import (
     CheckFailed,
     check_group_mask,
     check_moe_dispatch,

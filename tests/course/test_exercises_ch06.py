@@ -5,7 +5,7 @@ from nbutil import check_contract, notebook_namespace
 
 from minids.attention import MLA, CausalSelfAttention
 from minids.config import get_preset
-from minids.exercises import (
+from minids.checks import (
     CheckFailed,
     check_block_parts,
     check_equal_flops_width,

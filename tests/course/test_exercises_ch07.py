@@ -3,7 +3,7 @@
 import pytest
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import (
+from minids.checks import (
     CheckFailed,
     check_implied_mfu,
     check_kv_cache_gib,

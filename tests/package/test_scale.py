@@ -17,7 +17,7 @@ from minids.config import TrainConfig, get_preset
 from minids.data import get_batch, prepare_dataset
 from minids.flops import flops_per_token, meta_param_count, param_count
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import CheckFailed, check_acceptance_rule, check_mtp_logits, check_mtp_shift
+from minids.checks import CheckFailed, check_acceptance_rule, check_mtp_logits, check_mtp_shift
 
 SOL = notebook_namespace("solutions/05_mtp.ipynb")
 STUB = notebook_namespace("solutions/05_mtp.ipynb", stubbed=True)

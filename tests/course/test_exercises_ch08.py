@@ -3,7 +3,7 @@
 
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import check_accumulate_grads, check_mfu, check_rank_slice
+from minids.checks import check_accumulate_grads, check_mfu, check_rank_slice
 
 SOL = notebook_namespace("solutions/08_scaling_up.ipynb")
 STUB = notebook_namespace("solutions/08_scaling_up.ipynb", stubbed=True)

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbutil import ROOT
 
-from minids.exercises.grade import grade, grade_notebook
+from minids.checks.grade import grade, grade_notebook
 
 NOT_NOTEBOOKS = {
     "garbage": b"not json {",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import CheckFailed, check_attend_with_cache, check_kv_cache_size, check_repeat_kv
+from minids.checks import CheckFailed, check_attend_with_cache, check_kv_cache_size, check_repeat_kv
 
 SOL = notebook_namespace("solutions/02_kv_cache_gqa.ipynb")
 STUB = notebook_namespace("solutions/02_kv_cache_gqa.ipynb", stubbed=True)

@@ -6,8 +6,8 @@ import nbformat
 import pytest
 from nbutil import ROOT
 
-from minids.exercises.build import build, make_exercise, strip_solutions, tasks_of
-from minids.exercises.grade import grade
+from minids.checks.build import build, make_exercise, strip_solutions, tasks_of
+from minids.checks.grade import grade
 
 
 def test_strip_solutions_keeps_indentation():

@@ -1,6 +1,6 @@
 """Grade learners' notebooks: run each one in a fresh kernel (a copy, in a temporary folder, so
 the learner's file is never touched), then run every check once more in a cell the grader adds
-at the end, with the checks imported afresh from `minids.exercises` (so a hand-printed ✅ or a
+at the end, with the checks imported afresh from `minids.checks` (so a hand-printed ✅ or a
 redefined check earns nothing), and write a score table and a CSV. A notebook that raises, hangs
 (per-cell timeout) or was renamed is still graded."""
 
@@ -29,7 +29,7 @@ def _verification_cell(nb) -> str:
         if cell.cell_type == "code":
             for task, args in CALL.findall(cell.source):
                 calls.setdefault(task, args)
-    lines = ["import contextlib as _cl, io as _io, json as _js", "import minids.exercises as _ex", "_v = {}"]
+    lines = ["import contextlib as _cl, io as _io, json as _js", "import minids.checks as _ex", "_v = {}"]
     for task, args in calls.items():
         lines += ["try:", "    with _cl.redirect_stdout(_io.StringIO()):",
                   f"        _ex.check_{task}({args})", f"    _v[{task!r}] = 1",

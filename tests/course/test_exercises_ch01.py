@@ -6,7 +6,7 @@ import pytest
 import torch
 from nbutil import check_contract, notebook_namespace
 
-from minids.exercises import (
+from minids.checks import (
     CheckFailed,
     check_causal_attention,
     check_rms_norm,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nbformat
 
-from minids.exercises.build import CHECK_CALL, strip_solutions
+from minids.checks.build import CHECK_CALL, strip_solutions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def notebook_namespace(path: str | Path, stubbed: bool = False, skip_checks: bool = True) -> dict:
@@ -43,7 +43,7 @@ def check_contract(cases: dict, sol: dict, stub: dict):
     module-level `test_...` names so pytest collects them."""
     import pytest
 
-    from minids.exercises import CheckFailed
+    from minids.checks import CheckFailed
 
     names = sorted(cases)
 

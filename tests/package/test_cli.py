@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
-from nbutil import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=ROOT):

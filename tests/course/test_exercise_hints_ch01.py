@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minids.exercises import (
+from minids.checks import (
     CheckFailed,
     check_causal_attention,
     check_rms_norm,
