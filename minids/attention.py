@@ -1,5 +1,6 @@
 """Causal self-attention: MHA / GQA / MQA with a KV cache, and DeepSeek's Multi-head Latent
-Attention (MLA, V3 report eqs 1-11) whose cache holds only a latent vector and one rope key."""
+Attention (MLA, V3 report eqs 1-11), which can cache per-head keys and values (`naive`) or only a
+latent vector and one rope key (`absorb`, `reexpand`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ class KVCache:
         out = []
         for name, t in new.items():
             buf = self.buffers.get(name)
+            if buf is None and start_pos > 0:
+                raise ValueError(f"cache entry {name!r} is missing (the cache holds {sorted(self.buffers)}): "
+                                 "it was filled by an attention with another cache layout (MLA's naive mode "
+                                 "caches k, v; absorb and reexpand cache c_kv, k_pe)")
             if (buf is None or buf.shape[0] != t.shape[0] or buf.dtype != t.dtype
                     or buf.device != t.device):
                 if start_pos > 0:                    # reallocating would silently lose the prefix
@@ -72,8 +77,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, :, None, :].expand(B, S, n_kv, n_rep, D).reshape(B, S, n_kv * n_rep, D)
 
 
-def _sdpa(q, k, v, scale: float, dropout: float = 0.0) -> torch.Tensor:
-    """q: (B, T, H, D), k/v: (B, S, H, D) -> (B, T, H, Dv). Causal over the last T of S keys."""
+def causal_sdpa(q, k, v, scale: float, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale) v with a causal mask, by PyTorch's fused kernel. The T queries are
+    the last T of the S positions (S - T are cached). q: (B, T, H, D), k/v: (B, S, H, D) ->
+    (B, T, H, Dv)."""
     T, S = q.size(1), k.size(1)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))                       # (B, H, *, D)
     if T == S:
@@ -87,7 +94,7 @@ def _sdpa(q, k, v, scale: float, dropout: float = 0.0) -> torch.Tensor:
 def _grouped_sdpa(q, k, v, scale: float) -> torch.Tensor:
     """GQA decoding without copying the cache n_rep times: the n_rep query heads of a group
     become n_rep * T query rows against the group's one K/V head. q: (B, T, H, D),
-    k/v: (B, S, n_kv, D) -> (B, T, H, Dv); the same numbers as repeat_kv + _sdpa."""
+    k/v: (B, S, n_kv, D) -> (B, T, H, Dv); the same numbers as repeat_kv + causal_sdpa."""
     B, T, H, D = q.shape
     S, n_kv = k.size(1), k.size(2)
     rep = H // n_kv
@@ -126,14 +133,40 @@ class CausalSelfAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         if n_rep > 1 and cache is not None and not (self.training and self.dropout):
             return self.o_proj(_grouped_sdpa(q, k, v, self.scale).reshape(B, T, -1))
-        y = _sdpa(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), self.scale,
-                  self.dropout if self.training else 0.0)
+        y = causal_sdpa(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), self.scale,
+                             self.dropout if self.training else 0.0)
         return self.o_proj(y.reshape(B, T, -1))
+
+
+MLA_MODES = ("naive", "absorb", "reexpand")
+
+
+def mla_cache_values_per_token(cfg: ModelConfig, mode: str | None = None) -> int:
+    """Values one MLA layer caches per token in `mode` (default: cfg.mla_mode). naive: every
+    head's key and value, H (d_h + d_R) + H d_v (40,960 for V3); absorb and reexpand: the latent
+    and the shared rope key, d_c + d_R (576 for V3)."""
+    mode = cfg.mla_mode if mode is None else mode
+    if mode not in MLA_MODES:
+        raise ValueError(f"mode={mode!r} must be one of {MLA_MODES}")
+    H = cfg.num_attention_heads
+    if mode == "naive":
+        return H * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) + H * cfg.v_head_dim
+    return cfg.kv_lora_rank + cfg.qk_rope_head_dim
 
 
 class MLA(nn.Module):
     """Multi-head Latent Attention (DeepSeek-V2/V3). Names follow the V3 reference code:
-    wq_a = W^DQ, wq_b = [W^UQ; W^QR], wkv_a = [W^DKV; W^KR], wkv_b = [W^UK; W^UV], wo = W^O."""
+    wq_a = W^DQ, wq_b = [W^UQ; W^QR], wkv_a = [W^DKV; W^KR], wkv_b = [W^UK; W^UV], wo = W^O.
+
+    Three ways to compute the same function (`mode`, from cfg.mla_mode; tests hold them to 1e-5):
+      naive     as the V3 reference's `naive`: expand c_KV into per-head keys and values
+                (eqs 2, 4, 5) and cache those, H (d_h + d_R) + H d_v values per token.
+      absorb    as the V3 reference's `absorb`: cache c_KV and k_R only (d_c + d_R values), fold
+                W^UK into the query and W^UV into the output, never expand the cache.
+      reexpand  cache c_KV and k_R like absorb, but expand the WHOLE cache through W^UKV again at
+                every step, then attend like naive (Hugging Face's DeepseekV3 does this): the small
+                cache, paid for with S d_c H (d_h + d_v) multiply-adds per step over S cached tokens.
+    Without a cache (training), naive and reexpand are the same computation."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -157,6 +190,8 @@ class MLA(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x, freqs_cis, start_pos: int = 0, cache: KVCache | None = None):
+        if self.mode not in MLA_MODES:
+            raise ValueError(f"mode={self.mode!r} must be one of {MLA_MODES}")
         B, T, _ = x.shape
         H, nope, rope, r = self.n_heads, self.nope, self.rope, self.kv_lora_rank
         # queries, eqs 6-9: c_Q = RMSNorm(W^DQ h); [q_C ; q_R] = W^UQ c_Q, W^QR c_Q
@@ -169,22 +204,25 @@ class MLA(nn.Module):
         c_kv, k_pe = kv.split([r, rope], dim=-1)                 # (B, T, r), (B, T, rope)
         c_kv = self.kv_norm(c_kv)
         k_pe = apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis).squeeze(2)
-        if cache is not None:                                    # only c_KV and k_R are cached
+        if cache is not None and self.mode != "naive":           # the latent cache: c_KV and k_R
             c_kv, k_pe = cache.update(start_pos, c_kv=c_kv, k_pe=k_pe)      # (B, S, r), (B, S, rope)
-        if self.mode == "naive":
-            y = self._naive(q_nope, q_pe, c_kv, k_pe)
-        else:
+        if self.mode == "absorb":
             y = self._absorb(q_nope, q_pe, c_kv, k_pe)
+        else:
+            k, v = self._expand(c_kv, k_pe)                      # reexpand: the whole cache, again
+            if cache is not None and self.mode == "naive":       # the expanded cache: every head's k, v
+                k, v = cache.update(start_pos, k=k, v=v)          # (B, S, H, nope+rope), (B, S, H, v)
+            q = torch.cat([q_nope, q_pe], dim=-1)                # eq 9
+            y = causal_sdpa(q, k, v, self.scale, self.dropout if self.training else 0.0)   # eq 10
         return self.wo(y.reshape(B, T, H * self.v_dim))          # eq 11
 
-    def _naive(self, q_nope, q_pe, c_kv, k_pe):
-        """Expand the latent into per-head keys and values (eqs 2, 4, 5, 10), then attend."""
+    def _expand(self, c_kv, k_pe):
+        """Per-head keys and values from the latent (eqs 2, 4, 5): (B, S, H, nope+rope), (B, S, H, v)."""
         B, S, H = c_kv.size(0), c_kv.size(1), self.n_heads
         kv = self.wkv_b(c_kv).view(B, S, H, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)    # (B, S, H, nope), (B, S, H, v)
-        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, self.rope)], dim=-1)  # eq 5
-        q = torch.cat([q_nope, q_pe], dim=-1)                    # eq 9
-        return _sdpa(q, k, v, self.scale, self.dropout if self.training else 0.0)
+        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, self.rope)], dim=-1)  # eq 4
+        return k, v
 
     def _absorb(self, q_nope, q_pe, c_kv, k_pe):
         """Never expand the cache: fold W^UK into the query and W^UV into the output.

@@ -60,7 +60,7 @@ class ModelConfig:
     qk_nope_head_dim: int = 0               # d_h
     qk_rope_head_dim: int = 0               # d_h^R
     v_head_dim: int = 0
-    mla_mode: str = "naive"                 # "naive" (expand K,V) or "absorb" (weight absorption)
+    mla_mode: str = "naive"                 # "naive" (cache K,V), "absorb", "reexpand" (attention.MLA)
 
     # --- DeepSeekMoE (eqs 12-16) ---
     n_routed_experts: int = 0               # N_r ; 0 = dense FFN everywhere
@@ -119,8 +119,8 @@ class ModelConfig:
             _check(self.qk_rope_head_dim % 2 == 0,
                    f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)")
             _int_in("v_head_dim", self.v_head_dim, 1)
-            _check(self.mla_mode in ("naive", "absorb"),
-                   f"mla_mode={self.mla_mode!r} must be 'naive' or 'absorb'")
+            _check(self.mla_mode in ("naive", "absorb", "reexpand"),
+                   f"mla_mode={self.mla_mode!r} must be 'naive', 'absorb' or 'reexpand'")
         else:
             _int_in("kv_lora_rank", self.kv_lora_rank, 0, 0)
             _int_in("head_dim", self.head_dim, 2)

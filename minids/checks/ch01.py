@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..attention import _sdpa
+from ..attention import causal_sdpa as _sdpa
 from ..generate import filtered_probs
 from ..layers import RMSNorm
 from .checking import Checker, CheckFailed

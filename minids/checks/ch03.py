@@ -13,7 +13,7 @@ from .checking import Checker
 
 def _mla(H=4, r=16, nope=8, rope=6, v=10, d=32, seed=5):
     cfg = ModelConfig(hidden_size=d, num_attention_heads=H, kv_lora_rank=r, qk_nope_head_dim=nope,
-                      qk_rope_head_dim=rope, v_head_dim=v, max_position_embeddings=32)
+                      qk_rope_head_dim=rope, v_head_dim=v, max_position_embeddings=32, mla_mode="absorb")
     with torch.random.fork_rng():                # building the layer must not move the learner's RNG
         m = MLA(cfg).eval()
     g = torch.Generator().manual_seed(seed)

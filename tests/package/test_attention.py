@@ -1,4 +1,4 @@
-"""Attention: MHA / GQA / MQA with a KV cache, MLA (naive and absorbed), RoPE, KV-cache accounting."""
+"""Attention: MHA / GQA / MQA with a KV cache, MLA (naive, absorb, reexpand), RoPE, KV-cache accounting."""
 
 import copy
 import math
@@ -6,7 +6,16 @@ import math
 import pytest
 import torch
 
-from minids.attention import MLA, CausalSelfAttention, KVCache, _grouped_sdpa, _sdpa, causal_mask, repeat_kv
+from minids.attention import (
+    MLA,
+    CausalSelfAttention,
+    KVCache,
+    _grouped_sdpa,
+    causal_mask,
+    causal_sdpa,
+    mla_cache_values_per_token,
+    repeat_kv,
+)
 from minids.config import ModelConfig, get_preset
 from minids.flops import dtype_bytes, kv_cache_bytes, kv_cache_values_per_token
 from minids.layers import apply_rotary_emb, precompute_freqs_cis
@@ -24,9 +33,11 @@ KINDS = {
     "mqa": dict(num_key_value_heads=1),
     "mla-naive": dict(MLA_KW, mla_mode="naive"),
     "mla-absorb": dict(MLA_KW, mla_mode="absorb"),
+    "mla-reexpand": dict(MLA_KW, mla_mode="reexpand"),
     "mla-naive-qlora": dict(MLA_KW, mla_mode="naive", q_lora_rank=16),
     "mla-absorb-qlora": dict(MLA_KW, mla_mode="absorb", q_lora_rank=16),
     "mla-absorb-yarn": dict(MLA_KW, mla_mode="absorb", q_lora_rank=16, rope_scaling=YARN),
+    "mla-reexpand-yarn": dict(MLA_KW, mla_mode="reexpand", q_lora_rank=16, rope_scaling=YARN),
 }
 
 
@@ -59,67 +70,125 @@ def test_cached_decoding_equals_full_forward(kind):
     assert cache[0].length == 30
 
 
-@pytest.mark.parametrize("kind", ["mha", "gqa", "mqa", "mla-naive", "mla-absorb"])
+@pytest.mark.parametrize("kind", ["mha", "gqa", "mqa", "mla-naive", "mla-absorb", "mla-reexpand"])
 def test_cache_holds_what_the_design_says(kind):
     model = _model(**KINDS[kind])
     cache = model.new_cache()
     model(torch.randint(0, BASE["vocab_size"], (3, 11)), cache=cache)
     cfg = model.config
     got = {k: tuple(v[:, :cache[0].length].shape) for k, v in cache[0].buffers.items()}
-    if cfg.is_mla:      # only the latent c_KV and the one shared rope key k_R (eqs 1, 3)
+    H = cfg.num_attention_heads
+    if cfg.is_mla and cfg.mla_mode == "naive":   # V3's naive: every head's key [k_C ; k_R] and value
+        assert got == {"k": (3, 11, H, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim),
+                       "v": (3, 11, H, cfg.v_head_dim)}
+    elif cfg.is_mla:    # only the latent c_KV and the one shared rope key k_R (eqs 1, 3)
         assert got == {"c_kv": (3, 11, cfg.kv_lora_rank), "k_pe": (3, 11, cfg.qk_rope_head_dim)}
     else:
         h = (3, 11, cfg.num_key_value_heads, cfg.head_dim)
         assert got == {"k": h, "v": h}
-    assert cache[0].nbytes() == kv_cache_bytes(cfg, 11, torch.float32, batch=3) // cfg.num_hidden_layers
+    values = mla_cache_values_per_token(cfg) if cfg.is_mla else kv_cache_values_per_token(cfg)
+    assert cache[0].nbytes() == 3 * 11 * values * 4
+    if not (cfg.is_mla and cfg.mla_mode == "naive"):     # flops counts MLA's latent cache
+        assert cache[0].nbytes() == kv_cache_bytes(cfg, 11, torch.float32, batch=3) // cfg.num_hidden_layers
+
+
+def test_mla_cache_values_per_token():
+    v3 = get_preset("deepseek-v3")
+    assert mla_cache_values_per_token(v3, "naive") == 128 * (128 + 64) + 128 * 128 == 40_960
+    assert mla_cache_values_per_token(v3, "absorb") == mla_cache_values_per_token(v3, "reexpand") == 576
+    assert mla_cache_values_per_token(v3) == 40_960                     # the preset's mode: naive
+    with pytest.raises(ValueError, match="mode"):
+        mla_cache_values_per_token(v3, "fast")
+
+
+def test_a_cache_is_read_in_its_own_layout():
+    """naive caches k, v; absorb and reexpand cache c_kv, k_pe: a prefill in one layout can be
+    continued in a mode with the same layout (reexpand -> absorb), not in the other."""
+    model = _with_std(_model(**KINDS["mla-reexpand"]))
+    idx = torch.randint(0, BASE["vocab_size"], (2, 14))
+    cache = model.new_cache()
+    model(idx[:, :10], cache=cache)
+    for m in model.modules():
+        if isinstance(m, MLA):
+            m.mode = "absorb"
+    got = model(idx[:, 10:], start_pos=10, cache=cache).logits
+    torch.testing.assert_close(got, model(idx).logits[:, 10:], atol=1e-5, rtol=1e-5)
+    for m in model.modules():
+        if isinstance(m, MLA):
+            m.mode = "naive"
+    with pytest.raises(ValueError, match="another cache layout"):
+        model(idx[:, 13:], start_pos=13, cache=cache)
+    model.layers[0].attn.mode = "fast"
+    with pytest.raises(ValueError, match="mode"):
+        model(idx)
 
 
 # ------------------------------------------------------------------ MLA: absorb == naive
-def _mla_pair(**kw):
+def _mla_modes(**kw):
+    """The same MLA weights in the three modes."""
     cfg = ModelConfig(**{**BASE, **MLA_KW, **kw})
     torch.manual_seed(1)
     naive = MLA(cfg.replace(mla_mode="naive"))
     with torch.no_grad():
         for p in naive.parameters():
             p.normal_(0.0, 0.3) if p.dim() >= 2 else p.uniform_(0.5, 1.5)
-    absorb = copy.deepcopy(naive)
-    absorb.mode = "absorb"
-    return cfg, naive.eval(), absorb.eval()
+    modes = {"naive": naive.eval()}
+    for mode in ("absorb", "reexpand"):
+        modes[mode] = copy.deepcopy(naive)
+        modes[mode].mode = mode
+    return cfg, modes
 
 
 @pytest.mark.parametrize("q_lora_rank", [0, 16])
 @pytest.mark.parametrize("rope_scaling", [None, YARN])
-def test_absorb_equals_naive(q_lora_rank, rope_scaling):
-    cfg, naive, absorb = _mla_pair(q_lora_rank=q_lora_rank, rope_scaling=rope_scaling)
+def test_absorb_and_reexpand_equal_naive(q_lora_rank, rope_scaling):
+    cfg, modes = _mla_modes(q_lora_rank=q_lora_rank, rope_scaling=rope_scaling)
     freqs = precompute_freqs_cis(cfg.qk_rope_head_dim, 40, cfg.rope_theta, cfg.rope_scaling)
     x = torch.randn(2, 25, cfg.hidden_size)
-    torch.testing.assert_close(absorb(x, freqs[:25]), naive(x, freqs[:25]), atol=1e-5, rtol=1e-5)
-    # and step by step through a cache, the way decoding uses it
-    caches = KVCache(40), KVCache(40)
-    for m, c in zip((naive, absorb), caches, strict=True):
-        m(x[:, :10], freqs[:10], 0, c)
+    full = modes["naive"](x, freqs[:25])
+    for mode in ("absorb", "reexpand"):
+        torch.testing.assert_close(modes[mode](x, freqs[:25]), full, atol=1e-5, rtol=1e-5)
+    # and step by step through a cache, the way decoding uses it (three layouts, one function)
+    caches = {mode: KVCache(40) for mode in modes}
+    for mode, m in modes.items():
+        m(x[:, :10], freqs[:10], 0, caches[mode])
     for t in range(10, 25):
-        a = absorb(x[:, t:t + 1], freqs[t:t + 1], t, caches[1])
-        n = naive(x[:, t:t + 1], freqs[t:t + 1], t, caches[0])
-        torch.testing.assert_close(a, n, atol=1e-5, rtol=1e-5)
+        out = {mode: m(x[:, t:t + 1], freqs[t:t + 1], t, caches[mode]) for mode, m in modes.items()}
+        torch.testing.assert_close(out["absorb"], out["naive"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["reexpand"], out["naive"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["naive"], full[:, t:t + 1], atol=1e-5, rtol=1e-5)
+    assert set(caches["naive"].buffers) == {"k", "v"}
+    assert set(caches["absorb"].buffers) == set(caches["reexpand"].buffers) == {"c_kv", "k_pe"}
+
+
+def test_training_forward_is_the_naive_computation():
+    """Without a cache, naive and reexpand run the very same ops (bitwise equal), and so does
+    the model's default mode: training numbers do not depend on the cache layout."""
+    cfg, modes = _mla_modes(q_lora_rank=16)
+    freqs = precompute_freqs_cis(cfg.qk_rope_head_dim, 12)
+    x = torch.randn(2, 12, cfg.hidden_size)
+    assert torch.equal(modes["naive"](x, freqs), modes["reexpand"](x, freqs))
+    assert ModelConfig(**{**BASE, **MLA_KW}).mla_mode == "naive"
 
 
 def test_yarn_changes_the_scale_and_absorb_keeps_it():
-    cfg, naive, _ = _mla_pair(rope_scaling=YARN)
+    cfg, modes = _mla_modes(rope_scaling=YARN)
+    naive = modes["naive"]
     qk = MLA_KW["qk_nope_head_dim"] + MLA_KW["qk_rope_head_dim"]
     mscale = 0.1 * math.log(YARN["factor"]) + 1.0
     assert naive.scale == pytest.approx(qk ** -0.5 * mscale ** 2)
 
 
 def test_absorb_gradients_equal_naive():
-    cfg, naive, absorb = _mla_pair(q_lora_rank=16)
+    cfg, modes = _mla_modes(q_lora_rank=16)
     freqs = precompute_freqs_cis(cfg.qk_rope_head_dim, 12)
     x = torch.randn(2, 12, cfg.hidden_size)
-    for m in (naive, absorb):
+    for m in modes.values():
         m(x, freqs).pow(2).sum().backward()
-    for (name, pn), pa in zip(naive.named_parameters(), absorb.parameters(), strict=True):
-        err = (pa.grad - pn.grad).abs().max() / pn.grad.abs().max()      # float32 round-off only
-        assert err < 1e-5, (name, err.item())
+    for mode in ("absorb", "reexpand"):
+        for (name, pn), pa in zip(modes["naive"].named_parameters(), modes[mode].parameters(), strict=True):
+            err = (pa.grad - pn.grad).abs().max() / pn.grad.abs().max()      # float32 round-off only
+            assert err < 1e-5, (mode, name, err.item())
 
 
 # ------------------------------------------------------------------ MHA / GQA / MQA
@@ -177,7 +246,7 @@ def test_repeat_kv_order():
 def test_grouped_sdpa_equals_repeated_kv(T, S, n_kv):
     q = torch.randn(2, T, 8, 6)
     k, v = torch.randn(2, S, n_kv, 6), torch.randn(2, S, n_kv, 5)
-    ref = _sdpa(q, repeat_kv(k, 8 // n_kv), repeat_kv(v, 8 // n_kv), 0.3)
+    ref = causal_sdpa(q, repeat_kv(k, 8 // n_kv), repeat_kv(v, 8 // n_kv), 0.3)
     torch.testing.assert_close(_grouped_sdpa(q, k, v, 0.3), ref, atol=1e-6, rtol=1e-5)
 
 
@@ -227,6 +296,7 @@ def test_rope_keeps_norms():
     (dict(MLA_KW, q_lora_rank=-1), "q_lora_rank"),
     (dict(MLA_KW, kv_lora_rank=-4), "kv_lora_rank"),
     (dict(MLA_KW, mla_mode="fast"), "mla_mode"),
+    (dict(MLA_KW, mla_mode="expand"), "mla_mode"),
 ])
 def test_invalid_heads_and_ranks_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -270,7 +340,7 @@ def test_kv_cache_max_len_is_checked():
         KVCache(0)
 
 
-@pytest.mark.parametrize("kind", ["gqa", "mla-absorb"])
+@pytest.mark.parametrize("kind", ["gqa", "mla-naive", "mla-absorb", "mla-reexpand"])
 def test_crop_then_redecode_is_exact(kind):
     """Speculative decoding rolls the cache back; decoding again must match a fresh run."""
     model = _with_std(_model(**KINDS[kind]))
