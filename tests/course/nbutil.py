@@ -36,11 +36,25 @@ def notebook_namespace(path: str | Path, stubbed: bool = False, skip_checks: boo
     return ns
 
 
+class Wrong:
+    """A plausible wrong answer for check_contract; `named` is text its hint must contain (the
+    check must name this mistake, not only say that values differ)."""
+
+    def __init__(self, answer, named: str | None = None):
+        self.answer, self.named = answer, named
+
+    def __repr__(self):
+        return f"Wrong({getattr(self.answer, '__name__', type(self.answer).__name__)}, named={self.named!r})"
+
+
 def check_contract(cases: dict, sol: dict, stub: dict):
-    """The three tests every chapter's checks must pass, for `cases` = {name: (check, [wrong
-    answers])}: the check passes on the solution's function, fails on the stub with 'not
-    implemented yet', and rejects every plausible wrong answer. Assign the returned functions to
-    module-level `test_...` names so pytest collects them."""
+    """The tests every chapter's checks must pass, for `cases` = {name: (check, [wrong answers])}
+    or {name: (check, [wrong answers], [valid alternatives])}: the check passes on the solution's
+    function (or value) and on every valid alternative (einsum or loops, NumPy, float64, ...),
+    fails on the stub with 'not implemented yet' (a value task missing from the stub's namespace
+    is passed as None: 'not answered yet'), and rejects every plausible wrong answer; a wrong
+    answer given as `Wrong(answer, named="...")` must also get a hint containing that text.
+    Assign the three returned functions to module-level `test_...` names so pytest collects them."""
     import pytest
 
     from minids.checks import CheckFailed
@@ -49,21 +63,35 @@ def check_contract(cases: dict, sol: dict, stub: dict):
 
     @pytest.mark.parametrize("name", names)
     def test_check_passes_on_solution(name, capsys):
-        cases[name][0](sol[name])
+        check, *rest = cases[name]
+        check(sol[name])
         assert "✅" in capsys.readouterr().out
+        for k, valid in enumerate(rest[1] if len(rest) > 1 else []):
+            try:
+                check(valid)
+            except CheckFailed as e:
+                raise AssertionError(f"{name}: valid alternative #{k} ({getattr(valid, '__name__', valid)!r}) "
+                                     f"was rejected: {e}") from None
+            assert "✅" in capsys.readouterr().out
 
     @pytest.mark.parametrize("name", names)
     def test_check_fails_on_stub(name, capsys):
-        with pytest.raises(CheckFailed, match="not implemented yet"):
-            cases[name][0](stub[name])
+        with pytest.raises(CheckFailed, match="not implemented yet|not answered yet"):
+            cases[name][0](stub.get(name))
         assert "❌" in capsys.readouterr().out
 
     @pytest.mark.parametrize("name", names)
-    def test_check_rejects_plausible_mistakes(name):
-        check, wrongs = cases[name]
+    def test_check_rejects_plausible_mistakes(name, capsys):
+        check, wrongs = cases[name][:2]
         assert wrongs, f"{name}: list at least one plausible wrong answer"
-        for wrong in wrongs:
+        for k, wrong in enumerate(wrongs):
+            named = wrong.named if isinstance(wrong, Wrong) else None
+            answer = wrong.answer if isinstance(wrong, Wrong) else wrong
             with pytest.raises(CheckFailed):
-                check(wrong)
+                check(answer)
+            out = capsys.readouterr().out
+            if named:
+                assert "likely mistake" in out and named in out, \
+                    f"{name}: wrong answer #{k} should be named ({named!r}); the check said:\n{out}"
 
     return test_check_passes_on_solution, test_check_fails_on_stub, test_check_rejects_plausible_mistakes
