@@ -91,6 +91,20 @@ def causal_sdpa(q, k, v, scale: float, dropout: float = 0.0) -> torch.Tensor:
     return y.transpose(1, 2)                                               # (B, T, H, Dv)
 
 
+def _one_query_attention(q, k, v, scale: float) -> torch.Tensor:
+    """Decoding (T = 1, nothing to mask): softmax(q k^T * scale) v as one batched matmul per
+    sequence, over its heads. It reads the cache where it lies, (S, H, D) per sequence, for any
+    head sizes; PyTorch's fused CPU kernel wants the values as wide as the keys (not so in MLA:
+    d_h + d_R vs d_v) and otherwise falls back to a path that copies the whole cache every step.
+    q: (B, 1, H, D), k: (B, S, H, D), v: (B, S, H, Dv) -> (B, 1, H, Dv)."""
+    out = []
+    for b in range(q.size(0)):
+        scores = torch.bmm(q[b].transpose(0, 1), k[b].permute(1, 2, 0)) * scale        # (H, 1, S)
+        attn = scores.float().softmax(dim=-1).to(v.dtype)
+        out.append(torch.bmm(attn, v[b].transpose(0, 1)))                               # (H, 1, Dv)
+    return torch.stack(out).transpose(1, 2)                                             # (B, 1, H, Dv)
+
+
 def _grouped_sdpa(q, k, v, scale: float) -> torch.Tensor:
     """GQA decoding without copying the cache n_rep times: the n_rep query heads of a group
     become n_rep * T query rows against the group's one K/V head. q: (B, T, H, D),
@@ -213,7 +227,10 @@ class MLA(nn.Module):
             if cache is not None and self.mode == "naive":       # the expanded cache: every head's k, v
                 k, v = cache.update(start_pos, k=k, v=v)          # (B, S, H, nope+rope), (B, S, H, v)
             q = torch.cat([q_nope, q_pe], dim=-1)                # eq 9
-            y = causal_sdpa(q, k, v, self.scale, self.dropout if self.training else 0.0)   # eq 10
+            if T == 1 and cache is not None and not (self.training and self.dropout):
+                y = _one_query_attention(q, k, v, self.scale)   # eq 10, decoding
+            else:
+                y = causal_sdpa(q, k, v, self.scale, self.dropout if self.training else 0.0)   # eq 10
         return self.wo(y.reshape(B, T, H * self.v_dim))          # eq 11
 
     def _expand(self, c_kv, k_pe):

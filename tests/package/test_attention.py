@@ -11,6 +11,7 @@ from minids.attention import (
     CausalSelfAttention,
     KVCache,
     _grouped_sdpa,
+    _one_query_attention,
     causal_mask,
     causal_sdpa,
     mla_cache_values_per_token,
@@ -248,6 +249,32 @@ def test_grouped_sdpa_equals_repeated_kv(T, S, n_kv):
     k, v = torch.randn(2, S, n_kv, 6), torch.randn(2, S, n_kv, 5)
     ref = causal_sdpa(q, repeat_kv(k, 8 // n_kv), repeat_kv(v, 8 // n_kv), 0.3)
     torch.testing.assert_close(_grouped_sdpa(q, k, v, 0.3), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dv", [6, 4])
+def test_one_query_attention_equals_sdpa(dv):
+    """The decoding path (one query, any value width) reads a strided cache view in place."""
+    q = torch.randn(3, 1, 8, 6)
+    kbuf, vbuf = torch.randn(3, 12, 8, 6), torch.randn(3, 12, 8, dv)
+    k, v = kbuf[:, :9], vbuf[:, :9]                         # a cache's filled part, as decoding sees it
+    torch.testing.assert_close(_one_query_attention(q, k, v, 0.3), causal_sdpa(q, k, v, 0.3), atol=1e-6, rtol=1e-5)
+
+
+def test_bench_decode_counts_the_cache_exactly(capsys):
+    from minids.benchmarks import decode
+    rows = decode.measure([16, 40], [1, 2], steps=2, repeats=1, heads=4, head_dim=8)
+    # values per token and layer: MHA 2*4*8, GQA (1 KV head) 2*8, naive 4*(8+4) + 4*8, latent 32 + 4
+    per_layer = {"MHA": 64, "GQA": 16, "MLA naive": 80, "MLA absorb": 36, "MLA reexpand": 36}
+    assert len(rows) == 5 * 2 * 2
+    for r in rows:
+        vals = per_layer[r["attention"]]
+        assert r["values_per_token_layer"] == vals and r["bytes_per_token"] == 2 * vals * 4
+        assert r["cache_bytes"] == r["batch"] * r["context"] * 2 * vals * 4
+        assert r["tokens_per_s"] > 0
+    decode.main(["--contexts", "16,40", "--batches", "1,2", "--steps", "2", "--repeats", "1",
+                 "--heads", "4", "--head-dim", "8"])
+    out = capsys.readouterr().out
+    assert "absorb / naive" in out and "0.450" in out                 # 36 / 80 values: the cache ratio
 
 
 def test_causal_mask_with_a_prefix():
