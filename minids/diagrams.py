@@ -299,13 +299,14 @@ def kv_sharing(n_heads: int = 8, groups: int = 2):
 def mla_dataflow(mode: str = "naive"):
     """Multi-head Latent Attention (chapter 03; V3 report eqs 1-11, Figure 2's lower part).
 
-    mode="naive": the latents are expanded into per-head keys and values (training, prefill); the
-    two dashed notes mark where absorption folds W^UK and W^UV away.
+    mode="naive": the equations as written, the latents expanded into per-head keys and values
+    (training, prefill); green boxes are what decoding needs to keep (report §2.1.1), and the two
+    dashed notes mark where absorption folds W^UK and W^UV away.
     mode="absorb": decoding attends over the cached latents directly: W^UK is applied to the
     query, W^UV after the attention-weighted sum."""
     if mode not in ("naive", "absorb"):
         raise ValueError(f"mode must be 'naive' or 'absorb', got {mode!r}")
-    title = ("MLA, as trained (naive mode): compress, cache the latent, expand per head" if mode == "naive"
+    title = ("MLA (eqs 1–11): compress, expand per head; decoding needs only the green boxes" if mode == "naive"
              else "MLA, as decoded (absorb mode): attend over the cached latent directly")
     c = _Canvas(19, 14.4, title)
     xq, xkv, xr = 3.6, 10.0, 15.6
