@@ -10,7 +10,7 @@ Names, minids -> Hugging Face (layer i; `model.` prefix on everything but `lm_he
     attn.wkv_a / kv_norm                       -> self_attn.kv_a_proj_with_mqa / kv_a_layernorm
     attn.wkv_b / wo                            -> self_attn.kv_b_proj / o_proj
     ffn.{gate,up,down}_proj (dense layers)     -> mlp.{gate,up,down}_proj
-    ffn.gate.weight / ffn.gate.bias (buffer)   -> mlp.gate.weight / mlp.gate.e_score_correction_bias
+    ffn.router.weight / ffn.router.bias (buffer) -> mlp.gate.weight / mlp.gate.e_score_correction_bias
     ffn.experts.gate_up_proj (E, 2I, d)        -> mlp.experts.gate_up_proj (same layout, transformers 5)
     ffn.experts.down_proj (E, d, I)            -> mlp.experts.down_proj
                       or, expert_layout="per_expert" (transformers 4, the released checkpoint):
@@ -208,8 +208,8 @@ _BLOCK_NAMES = [
     ("ffn.gate_proj.weight", "mlp.gate_proj.weight"),
     ("ffn.up_proj.weight", "mlp.up_proj.weight"),
     ("ffn.down_proj.weight", "mlp.down_proj.weight"),
-    ("ffn.gate.weight", "mlp.gate.weight"),
-    ("ffn.gate.bias", "mlp.gate.e_score_correction_bias"),
+    ("ffn.router.weight", "mlp.gate.weight"),
+    ("ffn.router.bias", "mlp.gate.e_score_correction_bias"),
     ("ffn.shared_experts.gate_proj.weight", "mlp.shared_experts.gate_proj.weight"),
     ("ffn.shared_experts.up_proj.weight", "mlp.shared_experts.up_proj.weight"),
     ("ffn.shared_experts.down_proj.weight", "mlp.shared_experts.down_proj.weight"),
@@ -229,7 +229,7 @@ def _convert(name: str, w: torch.Tensor, cfg: ModelConfig, perm) -> torch.Tensor
         return _permute_q(w, cfg, perm)
     if perm is not None and name == "attn.wkv_a.weight":
         return _permute_kv_a(w, cfg, perm)
-    return w.float() if name == "ffn.gate.bias" else w
+    return w.float() if name == "ffn.router.bias" else w
 
 
 def _block_to_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, perm, expert_layout: str, out: dict):

@@ -74,8 +74,14 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------- FFN
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's gating (Shazeer 2020, arXiv 2002.05202): silu(gate) * up, elementwise."""
+    return F.silu(gate) * up
+
+
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down( silu(gate x) * up x ). Also one expert of the MoE."""
+    """The dense SwiGLU feed-forward: down( silu(gate x) * up x ). The FFN of the dense layers,
+    and the shared experts of an MoE layer (the routed experts are the stacked `moe.Experts`)."""
 
     def __init__(self, dim: int, inter_dim: int):
         super().__init__()
@@ -84,4 +90,4 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(inter_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))

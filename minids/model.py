@@ -1,6 +1,19 @@
 """MiniDeepSeek: embedding -> blocks (first k dense, then MoE) -> norm -> head, plus MTP modules.
 With MLA, MoE and MTP switched off in the config it is a plain dense GPT (the course baseline):
-one code path, so every comparison in the course is fair."""
+one code path, so every comparison in the course is fair.
+
+Dtype policy. Parameters take the model's dtype; two tensors keep their own whatever it is:
+- the RoPE table e^{i m theta} is complex64 (a real dtype would drop its imaginary part). It is
+  derived from the config, so it is a non-persistent buffer stored as its raw bits (int64, one per
+  complex64 value): `Module.to(dtype)` casts floating and complex tensors but never integer ones,
+  while device moves still apply. `model.freqs_cis` reads it back as complex64 (no copy).
+- the router biases b_i are fp32, as V3 keeps them: balancing steps of gamma = 0.001 vanish in
+  bf16 (next to 0.5, bf16 values are 0.004 apart: a step of 0.001 rounds away). They are saved
+  in the state dict, so `Module.to(dtype)` casts them: a router whose bias was cast raises a
+  ValueError at the next forward, naming the fix. Cast a model with `cast_parameters(model,
+  dtype)` (parameters only, buffers untouched); train in bf16 with autocast (the trainer's
+  `dtype="bfloat16"`), which keeps the weights fp32.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +29,21 @@ from .config import ModelConfig
 from .layers import MLP, RMSNorm, precompute_freqs_cis
 from .moe import MoE
 from .mtp import MTPModule, mtp_losses
+
+
+def check_context(n_tokens: int, cfg: ModelConfig) -> None:
+    """A sequence (or a prompt) of n_tokens must fit in the context the RoPE table covers."""
+    limit = cfg.max_position_embeddings
+    if n_tokens > limit:
+        raise ValueError(f"a sequence of {n_tokens} tokens is longer than the context "
+                         f"max_position_embeddings={limit}; crop the prompt to its last {limit} tokens")
+
+
+def cast_parameters(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the parameters to `dtype`; buffers keep theirs (the dtype policy above)."""
+    for p in module.parameters():
+        p.data = p.data.to(dtype)
+    return module
 
 
 @dataclass
@@ -61,9 +89,14 @@ class MiniDeepSeek(nn.Module):
             self.mtp = nn.ModuleList(MTPModule(cfg, Block(cfg, L + k)) for k in range(cfg.num_nextn_predict_layers))
         self.mtp_loss_weight = cfg.mtp_loss_weight     # lambda; the trainer may schedule it
         rope_dim = cfg.qk_rope_head_dim if cfg.is_mla else cfg.head_dim
-        self.register_buffer("freqs_cis", precompute_freqs_cis(
-            rope_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling), persistent=False)
+        freqs_cis = precompute_freqs_cis(rope_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.register_buffer("rope_bits", freqs_cis.view(torch.int64), persistent=False)  # see the dtype policy
         self.reset_parameters()
+
+    @property
+    def freqs_cis(self) -> torch.Tensor:
+        """The RoPE table e^{i m theta_j}: complex64 (max_position_embeddings, rope_dim / 2)."""
+        return self.rope_bits.view(torch.complex64)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -78,17 +111,14 @@ class MiniDeepSeek(nn.Module):
             elif name.endswith("norm.weight"):
                 p.fill_(1.0)
         for m in self.moe_layers():
-            m.gate.bias.zero_()
+            m.router.bias.zero_()
 
     # ------------------------------------------------------------------------ forward
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int = 0,
                 cache: list[KVCache] | None = None) -> ModelOutput:
         """idx: (B, T) token ids at positions start_pos .. start_pos+T-1; targets: (B, T), -1 = ignore."""
         B, T = idx.shape
-        limit = self.config.max_position_embeddings
-        if start_pos + T > limit:
-            raise ValueError(f"sequence of {start_pos + T} tokens is longer than the context "
-                             f"max_position_embeddings={limit}; crop the prompt to its last {limit} tokens")
+        check_context(start_pos + T, self.config)
         if not torch.compiler.is_compiling() and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}); "
                              f"got [{int(idx.min())}, {int(idx.max())}]")
@@ -119,21 +149,6 @@ class MiniDeepSeek(nn.Module):
         return out
 
     # ------------------------------------------------------------------------ helpers
-    def _apply(self, fn, recurse=True):
-        """`.to(dtype)`, `.half()`, `.double()` cast every floating buffer: keep the RoPE table
-        complex64 and the router biases fp32 (V3 keeps the gate in fp32); device moves still apply."""
-        freqs = self._buffers.pop("freqs_cis")                       # (not offered to the cast at all)
-        biases = [m.gate.bias for m in self.moe_layers()]             # the originals, uncast
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            self._buffers["freqs_cis"] = freqs
-        device = self.embed_tokens.weight.device
-        self.freqs_cis = freqs.to(device)
-        for m, b in zip(self.moe_layers(), biases, strict=True):
-            m.gate.bias = b.to(device=device, dtype=torch.float32)
-        return self
-
     def new_cache(self, max_len: int | None = None) -> list[KVCache]:
         """One KVCache per main layer, then one per MTP block."""
         n = self.config.num_hidden_layers + len(self.mtp)

@@ -25,7 +25,7 @@ CONFIGS = [(8, 2, 88, 1), (16, 4, 44, 1), (64, 8, 22, 1)]
 
 def _moe_step(moe: MoE, x: torch.Tensor, how: str):
     def step():
-        w, idx, _ = moe.gate(x)
+        w, idx, _ = moe.router(x)
         if how == "loop":
             y = dispatch_loop(moe.experts, x, w, idx)
         else:
@@ -63,11 +63,11 @@ def bench_config(E: int, K: int, I: int, S: int, d: int, tokens: int, skew: floa
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.02)
     with torch.no_grad():      # skew > 0: a router bias that favours the first experts
-        moe.gate.bias.copy_(-skew * torch.linspace(0, 0.05, E))
+        moe.router.bias.copy_(-skew * torch.linspace(0, 0.05, E))
     dense = MLP(d, (K + S) * I)
     x = torch.randn(tokens, d, requires_grad=True)
     g = torch.randn(tokens, d)
-    _, idx, _ = moe.gate(x)
+    _, idx, _ = moe.router(x)
     counts = torch.bincount(idx.flatten(), minlength=E)
     fns = {"dense": lambda: dense(x).backward(g),
            "loop": _moe_step(moe, x, "loop"),

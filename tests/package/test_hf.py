@@ -111,7 +111,7 @@ def random_minids(cfg: ModelConfig, seed: int = 0) -> MiniDeepSeek:
     model = MiniDeepSeek(cfg).eval()
     with torch.no_grad():
         for m in model.moe_layers():
-            m.gate.bias.uniform_(-0.3, 0.3)
+            m.router.bias.uniform_(-0.3, 0.3)
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)

@@ -86,24 +86,43 @@ def test_tied_embeddings_share_storage():
     assert m.lm_head.weight is m.embed_tokens.weight
 
 
-def test_dtype_casts_keep_the_rope_table_and_router_biases():
+def test_dtype_policy_rope_table_complex64_router_biases_fp32():
+    """cast_parameters keeps both; Module.to(dtype) keeps the RoPE table (device moves still apply)
+    and a cast router bias is a clear error at the next forward, not a silent loss of precision."""
     import warnings
 
     from minids.config import get_preset as gp
+    from minids.model import cast_parameters
     cfg = gp("mini-v3", vocab_size=50)
-    m = MiniDeepSeek(cfg).eval()
     x = torch.randint(0, 50, (2, 16))
-    with torch.no_grad():
-        ref = m(x).logits
-        for moe in m.moe_layers():
-            moe.gate.bias.uniform_(-0.01, 0.01)
-        ref = m(x).logits
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")                      # no "casting complex to real" warning
-            d = m.to(torch.float64)
-            assert d.freqs_cis.dtype == torch.complex64
-            assert all(moe.gate.bias.dtype == torch.float32 for moe in d.moe_layers())
-            torch.testing.assert_close(d(x).logits.float(), ref, atol=1e-4, rtol=1e-4)
-            b = m.to(torch.bfloat16)
-            assert b.embed_tokens.weight.dtype == torch.bfloat16 and b.freqs_cis.dtype == torch.complex64
-            assert torch.isfinite(b(x).logits.float()).all()
+
+    def fresh():
+        torch.manual_seed(0)
+        m = MiniDeepSeek(cfg).eval()
+        with torch.no_grad():
+            for moe in m.moe_layers():
+                moe.router.bias.uniform_(-0.01, 0.01)
+        return m
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")                         # no "casting complex to real" warning
+        ref = fresh()(x).logits
+        d = cast_parameters(fresh(), torch.float64)
+        assert d.freqs_cis.dtype == torch.complex64 and d.embed_tokens.weight.dtype == torch.float64
+        assert all(moe.router.bias.dtype == torch.float32 for moe in d.moe_layers())
+        torch.testing.assert_close(d(x).logits.float(), ref, atol=1e-4, rtol=1e-4)
+        b = cast_parameters(fresh(), torch.bfloat16)
+        assert b.embed_tokens.weight.dtype == torch.bfloat16 and b.freqs_cis.dtype == torch.complex64
+        assert all(moe.router.bias.dtype == torch.float32 for moe in b.moe_layers())
+        assert torch.isfinite(b(x).logits.float()).all()
+        for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()):
+            m = cast(fresh())
+            assert m.freqs_cis.dtype == torch.complex64                # never reached by the cast
+            torch.testing.assert_close(m.freqs_cis, fresh().freqs_cis, rtol=0, atol=0)
+            with pytest.raises(ValueError, match="router bias dtype=.* must be torch.float32.*cast_parameters"):
+                m(x)
+        torch.manual_seed(0)
+        dense = MiniDeepSeek(gp("baseline", vocab_size=50)).eval()
+        dense_ref = dense(x).logits
+        torch.testing.assert_close(dense.to(torch.float64)(x).logits.float(), dense_ref, atol=1e-4, rtol=1e-4)
+    assert "rope_bits" not in fresh().state_dict()                 # derived from the config, not saved

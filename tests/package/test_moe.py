@@ -5,19 +5,19 @@ import math
 import pytest
 import torch
 
-from minids import moe as moe_mod
+from minids import moe_dispatch
 from minids.config import ModelConfig
 from minids.layers import MLP
 from minids.model import MiniDeepSeek
 from minids.moe import (
     MoE,
     Router,
-    choose_backend,
     dispatch_fast,
     dispatch_loop,
     max_violation,
     sequence_balance_loss,
 )
+from minids.moe_dispatch import choose_backend
 
 
 def moe_cfg(**kw):
@@ -126,7 +126,7 @@ def test_fast_dispatch_equals_loop(E, K, n_group, topk_group, backend):
     m = init_(MoE(moe_cfg(n_routed_experts=E, num_experts_per_tok=K, n_group=n_group,
                           topk_group=topk_group)))
     x = torch.randn(37, 32, requires_grad=True)
-    w, idx, _ = m.gate(x)
+    w, idx, _ = m.router(x)
     y_loop = dispatch_loop(m.experts, x, w, idx)
     y_fast = dispatch_fast(m.experts, x, w, idx, backend=backend)
     assert (y_fast - y_loop).abs().max() <= 1e-6
@@ -141,7 +141,7 @@ def test_grouped_mm_backend_matches_loop_where_torch_supports_it():
     """torch._grouped_mm is meant for CUDA; newer CPU builds run it too, so test it where they do."""
     m = init_(MoE(moe_cfg(n_routed_experts=8, num_experts_per_tok=2, hidden_size=32)))
     x = torch.randn(21, 32, requires_grad=True)
-    w, idx, _ = m.gate(x)
+    w, idx, _ = m.router(x)
     try:
         y = dispatch_fast(m.experts, x, w, idx, backend="grouped_mm")
         grads = _grads(m, x, y)
@@ -175,7 +175,7 @@ def test_auto_backend_avoids_padding_when_load_is_skewed():
 def test_bad_backend_is_a_value_error():
     m = init_(MoE(moe_cfg()))
     x = torch.randn(4, 32)
-    w, idx, _ = m.gate(x)
+    w, idx, _ = m.router(x)
     with pytest.raises(ValueError, match="backend"):
         dispatch_fast(m.experts, x, w, idx, backend="magic")
 
@@ -183,7 +183,7 @@ def test_bad_backend_is_a_value_error():
 @pytest.mark.parametrize("dispatch", ["fast", "loop"])
 def test_expert_with_no_tokens_gets_zero_but_present_grads(dispatch):
     m = init_(MoE(moe_cfg(moe_dispatch=dispatch)))
-    m.gate.bias[3] = -100.0                   # expert 3 is never chosen
+    m.router.bias[3] = -100.0                   # expert 3 is never chosen
     x = torch.randn(2, 16, 32)
     y = m(x)
     assert int(m.last_load[3]) == 0 and int(m.last_load.sum()) == 2 * 16 * 2
@@ -212,12 +212,12 @@ def test_update_bias_follows_sign_rule():
     m = MoE(moe_cfg(n_routed_experts=4, bias_update_speed=0.01))
     m.load = torch.tensor([10.0, 2.0, 4.0, 4.0])            # mean 5
     m.update_bias()
-    assert torch.allclose(m.gate.bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
-    assert m.load.sum() == 0 and m.gate.bias.dtype == torch.float32
+    assert torch.allclose(m.router.bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
+    assert m.load.sum() == 0 and m.router.bias.dtype == torch.float32
     m.gamma = 0.0
     m.load = torch.tensor([10.0, 2.0, 4.0, 4.0])
     m.update_bias()                                          # gamma 0: balancing off
-    assert torch.allclose(m.gate.bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
+    assert torch.allclose(m.router.bias, torch.tensor([-0.01, 0.01, 0.01, 0.01]))
 
 
 def test_load_counts_only_in_training():
@@ -238,7 +238,7 @@ def test_bias_update_moves_load_toward_uniform():
     E = 8
     m = init_(MoE(moe_cfg(n_routed_experts=E, num_experts_per_tok=2, bias_update_speed=0.01)), std=0.1)
     with torch.no_grad():
-        m.gate.weight[:2] += 2.0 * torch.ones(32) / 32 ** 0.5    # experts 0, 1 like every token
+        m.router.weight[:2] += 2.0 * torch.ones(32) / 32 ** 0.5    # experts 0, 1 like every token
     g = torch.Generator().manual_seed(1)
     m.train()
     vios = []
@@ -251,7 +251,7 @@ def test_bias_update_moves_load_toward_uniform():
     early, late = sum(vios[:10]) / 10, sum(vios[-50:]) / 50
     assert early > 1.5, early                      # badly skewed at first ...
     assert late < 0.25 * early, (early, late)      # ... near uniform after the updates
-    assert m.gate.bias[:2].max() < m.gate.bias[2:].min()     # the favourites were pushed down
+    assert m.router.bias[:2].max() < m.router.bias[2:].min()     # the favourites were pushed down
 
 
 def test_max_violation():
@@ -305,7 +305,7 @@ def test_balance_loss_added_only_when_alpha_positive():
     freqs = on.freqs_cis[:6]
     for layer in on.layers:
         u = layer.ffn_norm(h + layer.attn(layer.attn_norm(h), freqs, 0, None))
-        _, ind, sc = layer.ffn.gate(u.reshape(-1, 32))
+        _, ind, sc = layer.ffn.router(u.reshape(-1, 32))
         expect += reference_balance_loss(sc.view(2, 6, -1).detach(), ind.view(2, 6, -1), 0.1)
         h = layer(h, freqs)
     assert abs(out.aux_loss.item() - expect) < 1e-6
@@ -348,23 +348,24 @@ def test_first_k_dense_replace_puts_dense_ffns_first():
 def test_router_bias_is_saved_and_load_is_not():
     m = MoE(moe_cfg())
     sd = m.state_dict()
-    assert "gate.bias" in sd and sd["gate.bias"].dtype == torch.float32
+    assert "router.bias" in sd and sd["router.bias"].dtype == torch.float32
     assert not any(k.endswith("load") for k in sd)
     assert "load" not in dict(m.named_buffers())    # DDP would broadcast a buffer from rank 0
 
 
 def test_grouped_mm_failure_falls_back(monkeypatch):
-    """If torch._grouped_mm raises, the dispatch warns once and uses bmm/slices instead."""
+    """If torch._grouped_mm raises, the dispatch warns and uses bmm/slices instead (no global state)."""
     m = init_(MoE(moe_cfg()))
     x = torch.randn(11, 32)
-    w, idx, _ = m.gate(x)
+    w, idx, _ = m.router(x)
 
     def broken(*a, **k):
         raise RuntimeError("no kernel")
     monkeypatch.setattr(torch, "_grouped_mm", broken, raising=False)
-    monkeypatch.setattr(moe_mod, "_grouped_mm_failed", False)
-    monkeypatch.setattr(moe_mod, "_grouped_mm_usable", lambda *a: not moe_mod._grouped_mm_failed)
+    monkeypatch.setattr(moe_dispatch, "grouped_mm_usable", lambda *a: True)
     with pytest.warns(UserWarning, match="_grouped_mm failed"):
         y = dispatch_fast(m.experts, x, w, idx)
-    assert moe_mod._grouped_mm_failed
     assert (y - dispatch_loop(m.experts, x, w, idx)).abs().max() <= 1e-6
+    with pytest.warns(UserWarning, match="_grouped_mm failed"):          # still the same next time
+        y = m(x[None])[0]
+    assert (y - dispatch_loop(m.experts, x, w, idx) - m.shared_experts(x)).abs().max() <= 1e-6
