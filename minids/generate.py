@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import MiniDeepSeek
+from .model import MiniDeepSeek, check_context
 from .mtp import mtp_forward
 
 
@@ -46,9 +46,7 @@ def generate(model: MiniDeepSeek, idx: torch.Tensor, max_new_tokens: int, temper
     """Append max_new_tokens tokens to idx (B, T). With the cache each step feeds one token; without
     it, each step re-reads the whole (cropped) context. Both give the same tokens."""
     limit = model.config.max_position_embeddings
-    if idx.size(1) > limit:
-        raise ValueError(f"the prompt has {idx.size(1)} tokens, more than the context "
-                         f"max_position_embeddings={limit}; crop it to its last {limit} tokens")
+    check_context(idx.size(1), model.config)
     if idx.size(1) == 0:
         raise ValueError("the prompt must hold at least one token")
     was_training = model.training
@@ -114,9 +112,7 @@ def speculative_generate(model: MiniDeepSeek, idx: torch.Tensor, max_new_tokens:
     limit = model.config.max_position_embeddings
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be (B, T) with T >= 1; got shape {tuple(idx.shape)}")
-    if idx.size(1) > limit:
-        raise ValueError(f"the prompt has {idx.size(1)} tokens, more than the context "
-                         f"max_position_embeddings={limit}; crop it to its last {limit} tokens")
+    check_context(idx.size(1), model.config)
     if idx.size(0) > 1:                    # rows accept different drafts: decode them one by one
         if cache is not None:
             raise ValueError("cache can only be given for a batch of one sequence")
