@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 THREADS ?= 1
 
-.PHONY: setup lab test test-fast test-notebooks test-portability test-portability-ci train exercises bench clean
+.PHONY: setup lab test test-fast test-notebooks test-portability test-portability-ci train exercises bench slides clean
 
 # A CPU build of torch is installed first (pinned), so that nothing later pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -60,6 +60,17 @@ exercises: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m minids bench baseline
+
+# Lecture slides: one reveal.js deck per lesson in build/slides/ (start at build/slides/index.html),
+# viewable offline: reveal.js, MathJax, require.js and jQuery come once from the npm registry (needs npm).
+SLIDES  ?= build/slides
+$(SLIDES)/vendor/.installed:
+	npm install --prefix $(SLIDES)/vendor --no-save --no-audit --no-fund --loglevel=error \
+		reveal.js@4.6.1 mathjax@2.7.9 requirejs@2.3.7 jquery@3.7.1
+	touch $@
+
+slides: $(STAMP) $(SLIDES)/vendor/.installed
+	$(BIN)/python -m minids.slides --out $(SLIDES) notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache
