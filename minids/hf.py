@@ -30,18 +30,25 @@ DeepSeek's reference code and the released weights. Hugging Face offers two layo
   the rope rows of W^QR (the last qk_rope_head_dim rows of each head in q_proj / q_b_proj) and of
   W^KR (the last qk_rope_head_dim rows of kv_a_proj_with_mqa) are permuted: HF row j takes
   minids row 2j and HF row D/2 + j takes minids row 2j + 1 (`rope_permutation`).
+
+Other differences the converter bridges: with n_shared_experts=0 HF still builds a shared
+expert, zero rows wide (minids has none); YaRN's `truncate` (HF, default True) is carried in
+rope_scaling; HF's default routed-experts kernel ("grouped_mm") refuses, on a CPU, expert rows
+that are not multiples of 16 bytes, so `to_hf` picks "eager" there (`experts_implementation_for`).
+What minids cannot compute is refused by `config_from_hf` with a ValueError naming the field.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
 
 from .config import DEEPSEEK_V3, ModelConfig
+from .layers import yarn_mscale
 
 _MISSING = ("Hugging Face interop needs `transformers` (a release with DeepseekV3ForCausalLM, e.g. the "
             "pinned one): pip install 'minids[hf]'")
@@ -101,6 +108,8 @@ def config_to_hf(cfg: ModelConfig, rope_interleave: bool = True, **overrides):
                 "mscale": float(rs.get("mscale", 1.0)),
                 "mscale_all_dim": float(rs.get("mscale_all_dim", 0.0)),
                 "attention_factor": 1.0}
+        if "truncate" in rs:                       # HF and minids default to True (V3's rounding)
+            rope["truncate"] = bool(rs["truncate"])
     if cfg.is_moe:
         moe = dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
                    num_experts_per_tok=cfg.num_experts_per_tok,
@@ -130,7 +139,9 @@ def config_to_hf(cfg: ModelConfig, rope_interleave: bool = True, **overrides):
 
 
 def config_from_hf(hf_config, **overrides) -> ModelConfig:
-    """A `ModelConfig` from a `DeepseekV3Config` (or its dict, or a config.json dict)."""
+    """A `ModelConfig` from a `DeepseekV3Config` (or its dict, or a config.json dict). Raises a
+    ValueError naming the field for what HF's DeepseekV3 computes and minids cannot (or what
+    HF's model itself cannot run)."""
     d = copy.deepcopy(dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict())
     if "num_mtp_layers" in d:
         d.setdefault("num_nextn_predict_layers", d.pop("num_mtp_layers"))
@@ -138,39 +149,61 @@ def config_from_hf(hf_config, **overrides) -> ModelConfig:
         raise ValueError(f"hidden_act={d['hidden_act']!r}: minids' experts are SwiGLU (silu) only")
     if d.get("attention_bias"):
         raise ValueError("attention_bias=True: minids' projections have no biases")
-    rope = d.pop("rope_parameters", None) or d.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    d["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-    if kind in ("default", None):
-        d["rope_scaling"] = None
-    elif kind == "yarn":
-        factor = rope.get("factor") or d["max_position_embeddings"] / rope["original_max_position_embeddings"]
-        m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
-        # HF scales cos and sin by this factor; DeepSeek's reference code (and minids) does not
-        af = rope.get("attention_factor")
-        if af is None:
-            af = _yarn_get_mscale(factor, m) / _yarn_get_mscale(factor, m_all) if m and m_all \
-                else _yarn_get_mscale(factor)
-        if abs(af - 1.0) > 1e-12:
-            raise ValueError(f"rope_parameters gives YaRN attention_factor={af:.4f}: minids follows the V3 "
-                             "reference (no scaling of cos/sin), so it needs attention_factor 1, e.g. "
-                             "mscale == mscale_all_dim as in V3's config")
-        d["rope_scaling"] = {"type": "yarn", "factor": factor,
-                             **{k: rope[k] for k in ("original_max_position_embeddings", "beta_fast",
-                                                     "beta_slow", "mscale", "mscale_all_dim") if k in rope}}
-    else:
-        raise ValueError(f"rope type {kind!r}: minids supports default RoPE and YaRN only")
+    H, kv_heads = d.get("num_attention_heads"), d.get("num_key_value_heads")
+    if kv_heads is not None and kv_heads != H:
+        raise ValueError(f"num_key_value_heads={kv_heads} != num_attention_heads={H}: Hugging Face's DeepseekV3 "
+                         "repeats MLA's per-head keys num_attention_heads / num_key_value_heads times, which only "
+                         "runs when the two are equal (MLA gives every head its own key)")
+    if d.get("q_lora_rank") == 0:
+        raise ValueError("q_lora_rank=0: Hugging Face builds a zero-width query compression (NaN outputs); "
+                         "use q_lora_rank=None for no query compression")
+    d["rope_scaling"] = _rope_from_hf(d)
     if d.get("q_lora_rank") is None:
         d["q_lora_rank"] = 0
     d["num_key_value_heads"] = None                       # MLA: every head has its own key
     d.pop("head_dim", None)                               # HF sets it to qk_rope_head_dim; unused by MLA
     d.setdefault("dropout", d.get("attention_dropout", 0.0) or 0.0)
+    if d.get("n_routed_experts") and d.get("first_k_dense_replace", 0) > d["num_hidden_layers"]:
+        d["first_k_dense_replace"] = d["num_hidden_layers"]   # HF: every layer dense, as minids at L
     d.update(overrides)
+    if d.get("n_routed_experts") and d.get("scoring_func", "sigmoid") != "sigmoid":
+        raise ValueError(f"scoring_func={d['scoring_func']!r}: Hugging Face's DeepseekV3 routes with sigmoid "
+                         "scores whatever this field says; pass scoring_func='sigmoid' to convert the model")
     return ModelConfig.from_dict(d)
 
 
-def _yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+def _rope_from_hf(d: dict) -> dict | None:
+    """minids' rope_scaling (None or YaRN) from HF's rope_parameters; sets d["rope_theta"]."""
+    rope = d.pop("rope_parameters", None) or d.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    d["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"rope partial_rotary_factor={rope['partial_rotary_factor']}: minids rotates all "
+                         "qk_rope_head_dim dimensions")
+    if kind in ("default", None):
+        return None
+    if kind != "yarn":
+        raise ValueError(f"rope type {kind!r}: minids supports default RoPE and YaRN only")
+    factor = rope.get("factor") or d["max_position_embeddings"] / rope["original_max_position_embeddings"]
+    m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+
+    def mscale(x):                                   # YaRN's 0.1 x ln(factor) + 1 (minids.layers)
+        return yarn_mscale({"type": "yarn", "factor": factor, "mscale_all_dim": x})
+
+    # HF scales cos and sin by this factor (as HF computes it); the V3 reference (and minids) does not
+    af = rope.get("attention_factor")
+    if af is None:
+        af = mscale(m) / mscale(m_all) if m and m_all else mscale(1.0)
+    if abs(af - 1.0) > 1e-12:
+        raise ValueError(f"rope_parameters gives YaRN attention_factor={af:.4f}: minids follows the V3 "
+                         "reference (no scaling of cos/sin), so it needs attention_factor 1, e.g. "
+                         "mscale == mscale_all_dim as in V3's config")
+    out = {"type": "yarn", "factor": factor}
+    for k, default in [("original_max_position_embeddings", None), ("beta_fast", 32), ("beta_slow", 1),
+                       ("mscale", None), ("mscale_all_dim", None), ("truncate", None)]:
+        if k in rope:                                # HF reads a missing or zero beta as its default
+            out[k] = rope[k] or default if default is not None else rope[k]
+    return out
 
 
 # ===================================================================================== weights
@@ -248,12 +281,16 @@ def _block_to_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, perm, expert_la
                 out[f"{dst}mlp.experts.{e}.gate_proj.weight"] = gu[e, :I]
                 out[f"{dst}mlp.experts.{e}.up_proj.weight"] = gu[e, I:]
                 out[f"{dst}mlp.experts.{e}.down_proj.weight"] = down[e]
+        if not cfg.n_shared_experts:           # HF builds zero-width shared experts: (0, d), (0, d), (d, 0)
+            d = gu.size(-1)
+            for name, shape in [("gate_proj", (0, d)), ("up_proj", (0, d)), ("down_proj", (d, 0))]:
+                out[f"{dst}mlp.shared_experts.{name}.weight"] = gu.new_zeros(shape)
 
 
 def _block_from_hf(sd: dict, src: str, dst: str, cfg: ModelConfig, inv, out: dict):
     for a, b in _BLOCK_NAMES:
-        if src + b in sd:
-            out[dst + a] = _convert(a, sd[src + b], cfg, inv)
+        if src + b in sd and not (a.startswith("ffn.shared_experts.") and sd[src + b].numel() == 0):
+            out[dst + a] = _convert(a, sd[src + b], cfg, inv)       # (no zero-width shared experts)
     if src + "mlp.experts.gate_up_proj" in sd:                          # transformers >= 5
         out[dst + "ffn.experts.gate_up_proj"] = sd[src + "mlp.experts.gate_up_proj"]
         out[dst + "ffn.experts.down_proj"] = sd[src + "mlp.experts.down_proj"]
@@ -324,6 +361,16 @@ def _cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def _mismatch(missing: list, unexpected: list, allowed_missing: list, what: str) -> ValueError:
+    """The error for weights that do not fit: the keys that matter first, the tolerated ones after."""
+    parts = [f"{len(unexpected)} unexpected: {unexpected}" if unexpected else "",
+             f"{len(missing)} missing: {missing}" if missing else ""]
+    msg = f"{what}: " + "; ".join(p for p in parts if p)
+    if allowed_missing:
+        msg += f" (also {len(allowed_missing)} MTP weights missing, which is expected: {allowed_missing[:3]} ...)"
+    return ValueError(msg)
+
+
 def from_hf(hf_model, rope_interleave: bool | None = None, strict_mtp: bool = False, **config_overrides):
     """A `MiniDeepSeek` with the weights of a `DeepseekV3ForCausalLM` (same dtype and device).
     HF's model class holds no MTP weights: MTP modules keep their fresh initialisation unless
@@ -338,21 +385,48 @@ def from_hf(hf_model, rope_interleave: bool | None = None, strict_mtp: bool = Fa
     _cast_parameters(model, p.dtype)
     sd = state_dict_from_hf(hf_model, cfg, interleave)
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or [k for k in missing if not k.startswith("mtp.") or strict_mtp]:
-        raise ValueError(f"weights do not match the config: missing {missing}, unexpected {unexpected}")
+    allowed = [k for k in missing if k.startswith("mtp.") and not strict_mtp]
+    missing = [k for k in missing if k not in allowed]
+    if unexpected or missing:
+        raise _mismatch(missing, unexpected, allowed, "the Hugging Face weights do not fit the minids model "
+                        "built from its config")
     return model
 
 
-def to_hf(model, rope_interleave: bool = True, attn_implementation: str = "eager", **config_overrides):
+def experts_implementation_for(cfg: ModelConfig, dtype: torch.dtype = torch.float32, device="cpu") -> str:
+    """HF's experts kernel that runs this model: "grouped_mm" (HF's default) where it can, "eager"
+    on a CPU when an expert's rows are not multiples of 16 bytes (hidden_size and
+    moe_intermediate_size times the dtype's size): the CPU grouped_mm kernel refuses those
+    ("strides should be multiple of 16 bytes", seen with torch 2.13)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    aligned = all(n * size % 16 == 0 for n in (cfg.hidden_size, cfg.moe_intermediate_size or 0))
+    return "grouped_mm" if aligned or torch.device(device).type != "cpu" else "eager"
+
+
+def to_hf(model, rope_interleave: bool = True, attn_implementation: str = "eager",
+          experts_implementation: str | None = None, **config_overrides):
     """A `DeepseekV3ForCausalLM` with the weights of a `MiniDeepSeek` (MTP modules are left out:
-    HF's model class has none; `state_dict_to_hf(..., include_mtp=True)` exports them)."""
+    HF's model class has none; `state_dict_to_hf(..., include_mtp=True)` exports them).
+    experts_implementation: HF's kernel for the routed experts; None picks one that runs
+    (`experts_implementation_for`); asking for "grouped_mm" where it cannot run is an error."""
     tf = _transformers()
     cfg = model.config
+    p = next(model.parameters())
+    works = experts_implementation_for(cfg, p.dtype, p.device)
+    if experts_implementation is None:
+        experts_implementation = works
+    elif experts_implementation == "grouped_mm" and works != "grouped_mm":
+        raise ValueError(f"experts_implementation='grouped_mm': on {p.device.type} its kernel needs expert rows "
+                         f"of 16-byte multiples, and hidden_size={cfg.hidden_size}, moe_intermediate_size="
+                         f"{cfg.moe_intermediate_size} in {p.dtype} are not; use 'eager' (or None to choose)")
     hc = config_to_hf(cfg, rope_interleave=rope_interleave, **config_overrides)
     hc._attn_implementation = attn_implementation
-    p = next(model.parameters())
-    with torch.device(p.device):
+    hc._experts_implementation = experts_implementation
+    with torch.device(p.device), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")   # n_shared_experts=0
         hf_model = tf.DeepseekV3ForCausalLM(hc)
     _cast_parameters(hf_model, p.dtype)
-    hf_model.load_state_dict(state_dict_to_hf(model, cfg, rope_interleave), strict=True)
+    missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(model, cfg, rope_interleave), strict=False)
+    if missing or unexpected:
+        raise _mismatch(missing, unexpected, [], "the converted weights do not fit Hugging Face's model")
     return hf_model.eval()

@@ -38,8 +38,10 @@ def rope_frequencies(dim: int, base: float = 10000.0, rope_scaling: dict | None 
         factor = rope_scaling["factor"]
         orig = rope_scaling.get("original_max_position_embeddings", 4096)
         beta_fast, beta_slow = rope_scaling.get("beta_fast", 32), rope_scaling.get("beta_slow", 1)
-        low = max(math.floor(_yarn_correction_dim(beta_fast, dim, base, orig)), 0)
-        high = min(math.ceil(_yarn_correction_dim(beta_slow, dim, base, orig)), dim - 1)
+        low, high = _yarn_correction_dim(beta_fast, dim, base, orig), _yarn_correction_dim(beta_slow, dim, base, orig)
+        if rope_scaling.get("truncate", True):       # V3 rounds the ramp's ends outward; HF may not
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
         if low == high:
             high += 0.001
         ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
