@@ -1,9 +1,11 @@
 """Write `exercises/` from `solutions/`: every `### BEGIN SOLUTION` ... `### END SOLUTION` region
 (nbgrader's markers) becomes a stub, outputs are cleared, and the notebook's metadata records
-its chapter and graded tasks for the grader."""
+its chapter and graded tasks (for the reader; the grader takes them from the course, see
+`course_tasks`)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -73,3 +75,72 @@ def build(src: str | Path = "solutions", dst: str | Path = "exercises") -> list[
             out.write_text(text, encoding="utf-8")
         written.append(out)
     return written
+
+
+# --- the course's tasks, for the grader -----------------------------------------------------------
+
+MAGIC = re.compile(r"^(\s*)[%!]")
+
+
+def python_source(source: str) -> str:
+    """A cell's code with IPython syntax neutralised: a cell magic (`%%...`) skips the whole cell,
+    a line magic or shell escape (`%...`, `!...`) becomes `pass` (indentation kept)."""
+    if source.lstrip().startswith("%%"):
+        return ""
+    return "\n".join(MAGIC.sub(r"\1pass  # ", line) if MAGIC.match(line) else line for line in source.splitlines())
+
+
+def check_calls(source: str) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+    """The `check_<task>(...)` calls of a cell, in order, found in its syntax tree (so comments,
+    a trailing `;`, spacing and line breaks do not matter): (task, argument expressions,
+    keyword arguments as (name, expression)). A cell that does not parse has none."""
+    code = python_source(source)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+        if not name or not name.startswith("check_") or len(name) <= 6:
+            continue
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            continue
+        args = [ast.get_source_segment(code, a) for a in node.args]
+        kwargs = [(k.arg, ast.get_source_segment(code, k.value)) for k in node.keywords]
+        if all(args) and all(v for _, v in kwargs):
+            found.append((node.lineno, node.col_offset, name[6:], args, kwargs))
+    return [(t, a, k) for _, _, t, a, k in sorted(found, key=lambda x: (x[0], x[1]))]
+
+
+def course_tasks(src: str | Path = "solutions") -> dict[str, dict]:
+    """The graded tasks of every chapter, from the solution notebooks: {chapter: {"notebook":
+    file name, "tasks": [{"task", "args", "kwargs"}, ...]}}. The task names, their order and the
+    expressions passed to each check are the course's, never a submission's."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"no solutions folder at {src}")
+    course = {}
+    for path in sorted(src.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        meta = nb.metadata.get("minids", {})
+        chapter = meta.get("chapter") if isinstance(meta, dict) else None
+        if not isinstance(chapter, str) or not chapter:
+            m = re.match(r"(\d\d)_", path.name)
+            if not m:
+                continue
+            chapter = m.group(1)
+        tasks, seen = [], set()
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            for task, args, kwargs in check_calls(cell.source):
+                if task not in seen:
+                    seen.add(task)
+                    tasks.append({"task": task, "args": args, "kwargs": kwargs})
+        if tasks:
+            course[chapter] = {"notebook": path.name, "tasks": tasks}
+    return course
