@@ -297,9 +297,11 @@ def _run(row: dict, cells: list[str], info: dict, zygote: Zygote, timeout: float
                 task = spec["task"]
                 ok, message = _evaluate(kernel, info["checks"].get(task), spec, own_calls.get(task),
                                         info["forbidden"].get(task, []), timeout)
-                row["tasks"][task], row["messages"][task] = ok, message
-                if kernel.hits:
+                if kernel.hits:                 # as in the notebook, where the check raises ForbiddenCall
                     hits.setdefault(task, set()).update(f"{h} (called)" for h in kernel.hits)
+                    called = ", ".join(sorted(kernel.hits))
+                    ok, message = 0, f"❌ {task}: your code calls {called}, which this task forbids"
+                row["tasks"][task], row["messages"][task] = ok, message
                 timed_out = timed_out or kernel.timed_out
                 if kernel.dead:
                     break
@@ -428,7 +430,8 @@ def grade(paths: list[str | Path], timeout: float = 120, csv_path: str | Path | 
     if echo:
         iso = zygote.level or "not started"
         if zygote.level == "basic" and zygote.why_basic:
-            iso += f" (namespaces unavailable: {zygote.why_basic})"
+            why = zygote.why_basic
+            iso += " (requested)" if why == "requested" else f" (namespaces unavailable: {why})"
         print(f"isolation: {iso}")
         print(f"{'learner':<16} {'notebook':<28} {'score':>7}  status")
         for r in rows:
