@@ -9,8 +9,8 @@ import sys
 def _train(argv):
     import os
 
-    from .config import PRESETS, ModelConfig, TrainConfig, get_preset
-    from .train import gpu_train_config, train
+    from .config import PRESETS, ModelConfig, TrainConfig, get_preset, gpu_train_config
+    from .train import train
 
     ap = argparse.ArgumentParser(prog="python -m minids train", description="Many GPUs: the same "
                                  "command under torchrun: torchrun --nproc_per_node=8 -m minids train ...")
@@ -64,8 +64,8 @@ def _train(argv):
 def _sample(argv):
     import torch
 
+    from .checkpoint import CHECKPOINT, load_model
     from .generate import generate
-    from .train import CHECKPOINT, load_model
 
     ap = argparse.ArgumentParser(prog="python -m minids sample")
     ap.add_argument("--out-dir", default="out")

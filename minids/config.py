@@ -304,7 +304,7 @@ PRESETS: dict[str, dict] = {
     "baseline+mtp": dict(**_CPU, **_MTP, intermediate_size=217),
     # mini-v3 minus its MTP module (leave-one-out), the compute given back to the experts (122).
     "mini-v3-no-mtp": dict(**_CPU, **_MLA, **_MOE, intermediate_size=366, moe_intermediate_size=122),
-    # --- chapter 08: one modern GPU for about an hour (train.gpu_train_config has the run) ---
+    # --- chapter 08: one modern GPU for about an hour (gpu_train_config below has the run) ---
     # A mini-V3 at GPT-2-small width: MLA (query and KV compression, decoupled RoPE), V3's
     # routing shape (64 fine-grained experts in 8 groups, 4 groups kept, top-8, 1 shared, scale
     # 2.5), first layer dense, one MTP module. 279M parameters (257M main + 23M MTP), 75M active,
@@ -328,3 +328,21 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} must be one of {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def gpu_train_config(name: str = "gpu", **overrides) -> TrainConfig:
+    """The suggested run for the chapter-08 presets on one modern GPU (H100/H200 class): bf16
+    autocast, torch.compile, 32 x 1,024 tokens per micro-batch, 4 micro-batches per step
+    (131,072 tokens), 14,000 steps = 1.84B tokens (chapter 08 estimates its hours with
+    minids.flops). Under torchrun the step grows with the number of GPUs (batch_size is per
+    GPU): divide max_iters by it."""
+    if name not in ("gpu", "gpu-dense"):
+        raise ValueError(f"name={name!r} must be 'gpu' or 'gpu-dense'")
+    base = dict(batch_size=32, block_size=1024, grad_accum_steps=4, max_iters=14_000,
+                learning_rate=6e-4, min_lr=6e-5, warmup_iters=500, weight_decay=0.1, beta1=0.9,
+                beta2=0.95, grad_clip=1.0, eval_interval=500, eval_iters=20, log_interval=20,
+                device="cuda", dtype="bfloat16", compile=True, tokenizer="bpe:8192",
+                out_dir=f"out/{name}", checkpoint_interval=1000)
+    if name == "gpu":
+        base.update(mtp_loss_weight_final=0.1)            # V3: lambda 0.3, then 0.1 (section 4.2)
+    return TrainConfig(**{**base, **overrides})

@@ -15,9 +15,10 @@ import time
 
 import torch
 
+from ..checkpoint import load_model
 from ..config import ModelConfig, TrainConfig
 from ..generate import generate, speculative_generate
-from ..train import load_model, train
+from ..train import train
 
 PROMPTS = ["ROMEO:\n", "JULIET:\n", "HAMLET:\nTo be", "KING HENRY V:\n", "First Citizen:\n",
            "LADY MACBETH:\n", "OTHELLO:\nO ", "PROSPERO:\n"]

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import minids.checkpoint as C
 import minids.train as T
-from minids.config import TrainConfig, get_preset
+from minids import distributed
+from minids.config import TrainConfig, get_preset, gpu_train_config
 from minids.data import get_batch, prepare_dataset
 from minids.flops import flops_per_token, meta_param_count, param_count
 
@@ -32,7 +34,7 @@ def tiny_v3(**kw):
 def job(tmp_path_factory):
     """A token folder (BPE on a local text file) and a model config file."""
     d = tmp_path_factory.mktemp("scale")
-    (d / "corpus.txt").write_text((ROOT / "minids" / "data.py").read_text() * 2)
+    (d / "corpus.txt").write_text((ROOT / "minids" / "train.py").read_text() * 2)
     prepare_dataset(str(d / "corpus.txt"), d / "tok", vocab_size=300, use_datasets=False)
     (d / "cfg.json").write_text(json.dumps(tiny_v3().to_dict()))
     (d / "cfg_dropout.json").write_text(json.dumps(tiny_v3(dropout=0.1).to_dict()))
@@ -59,7 +61,7 @@ def losses(records, key="main_loss"):
 
 
 def ckpt_weights(path):
-    tensors, _ = T.read_checkpoint(path / T.CHECKPOINT)
+    tensors, _ = C.read_checkpoint(path / C.CHECKPOINT)
     return {k: v for k, v in tensors.items() if k.startswith("model.")}
 
 
@@ -86,7 +88,7 @@ def test_two_process_gloo_runs_equal_one_process_with_the_same_global_batch(job)
         assert w.keys() == w1.keys()
         for k in w1:
             torch.testing.assert_close(w[k], w1[k], atol=2e-5, rtol=1e-4, msg=k)
-    _, meta = T.read_checkpoint(job / "fsdp" / T.CHECKPOINT)
+    _, meta = C.read_checkpoint(job / "fsdp" / C.CHECKPOINT)
     assert meta["world_size"] == 2 and meta["iter"] == 8
 
 
@@ -120,8 +122,8 @@ def test_rank_slices_make_up_the_global_batch():
 def test_no_torchrun_environment_means_one_process(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    d = T.setup_distributed("cpu")
-    assert (d.rank, d.world_size, d.is_main, d.owns_group) == (0, 1, True, False)
+    world = distributed.setup("cpu")
+    assert (world.rank, world.size, world.is_main, world.owns_group) == (0, 1, True, False)
 
 
 def _synthetic():
@@ -167,9 +169,9 @@ def test_compiled_module_trains_and_evaluates_and_checkpoints_are_plain(tmp_path
                   dataset=_synthetic(), callback=lambda it, rec: counted.append(it))
     monkeypatch.setattr(T.torch, "compile", real)
     assert len(calls) == 1 and counted == [0, 1, 2, 3] and len(res.evals) == 2
-    tensors, _ = T.read_checkpoint(tmp_path / T.CHECKPOINT)
+    tensors, _ = C.read_checkpoint(tmp_path / C.CHECKPOINT)
     assert not any("_orig_mod" in k for k in tensors)
-    model, _, _ = T.load_model(tmp_path / T.CHECKPOINT)
+    model, _, _ = C.load_model(tmp_path / C.CHECKPOINT)
     for k, v in res.model.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     plain = T.train(get_preset("baseline", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -193,10 +195,10 @@ def test_gpu_presets_param_counts_on_the_meta_device():
 
 
 def test_gpu_train_config():
-    tc = T.gpu_train_config("gpu")
+    tc = gpu_train_config("gpu")
     assert (tc.device, tc.dtype, tc.compile, tc.block_size) == ("cuda", "bfloat16", True, 1024)
     assert tc.batch_size * tc.block_size * tc.grad_accum_steps == 131_072
-    assert tc.mtp_loss_weight_final == 0.1 and T.gpu_train_config("gpu-dense").mtp_loss_weight_final is None
-    assert T.gpu_train_config("gpu", max_iters=10).max_iters == 10
+    assert tc.mtp_loss_weight_final == 0.1 and gpu_train_config("gpu-dense").mtp_loss_weight_final is None
+    assert gpu_train_config("gpu", max_iters=10).max_iters == 10
     with pytest.raises(ValueError, match="name"):
-        T.gpu_train_config("baseline")
+        gpu_train_config("baseline")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import minids.checkpoint as C
 import minids.train as T
 from minids.config import TrainConfig, get_preset
 from minids.data import CharTokenizer, TokenDataset
@@ -46,7 +47,7 @@ def test_training_reduces_loss_and_writes_metrics(tmp_path):
     assert res.evals[-1]["val"] < res.evals[0]["val"] - 0.3
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("eval") for r in lines) and all("iter" in r for r in lines)
-    assert (tmp_path / T.CHECKPOINT).exists()
+    assert (tmp_path / C.CHECKPOINT).exists()
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
@@ -82,7 +83,7 @@ def test_grad_accumulation_equals_big_batch():
 
 def test_checkpoint_round_trip_restores_weights_and_tokenizer(tmp_path):
     res = T.train(small_cfg(), tc(tmp_path, max_iters=5), dataset=synthetic_dataset())
-    model, tok, meta = T.load_model(tmp_path / T.CHECKPOINT)
+    model, tok, meta = C.load_model(tmp_path / C.CHECKPOINT)
     for k, v in weights(res.model).items():
         assert torch.equal(model.state_dict()[k], v), k
     assert tok.chars == res.tokenizer.chars and meta["iter"] == 5
@@ -90,8 +91,8 @@ def test_checkpoint_round_trip_restores_weights_and_tokenizer(tmp_path):
 
 def test_crash_during_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     model = MiniDeepSeek(small_cfg(vocab_size=20))
-    path = tmp_path / T.CHECKPOINT
-    T.save_checkpoint(path, model, meta={"iter": 1})
+    path = tmp_path / C.CHECKPOINT
+    C.save_checkpoint(path, model, meta={"iter": 1})
     good = path.read_bytes()
 
     def half_write(tensors, filename, metadata=None):
@@ -99,24 +100,24 @@ def test_crash_during_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeyp
             f.write(b"\x00" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr(T, "save_file", half_write)
+    monkeypatch.setattr(C, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        T.save_checkpoint(path, model, meta={"iter": 2})
+        C.save_checkpoint(path, model, meta={"iter": 2})
     assert path.read_bytes() == good
-    assert [p.name for p in tmp_path.iterdir()] == [T.CHECKPOINT]       # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [C.CHECKPOINT]       # no temp file left behind
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     model = MiniDeepSeek(small_cfg(vocab_size=20))
-    path = tmp_path / T.CHECKPOINT
-    T.save_checkpoint(path, model)
+    path = tmp_path / C.CHECKPOINT
+    C.save_checkpoint(path, model)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        T.load_model(path)
+        C.load_model(path)
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        T.load_model(path)
+        C.load_model(path)
 
 
 def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
@@ -124,14 +125,14 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
     T.train(small_cfg(), tc(tmp_path, max_iters=2), dataset=ds)
     with pytest.raises(ValueError, match="another config"):
         T.train(small_cfg(hidden_size=64), tc(tmp_path, max_iters=4), dataset=ds, resume=True)
-    tensors, _ = T.read_checkpoint(tmp_path / T.CHECKPOINT)
+    tensors, _ = C.read_checkpoint(tmp_path / C.CHECKPOINT)
     with pytest.raises(ValueError, match="another config"):
-        T.load_weights(MiniDeepSeek(small_cfg(vocab_size=20, num_hidden_layers=3)), tensors)
+        C.load_weights(MiniDeepSeek(small_cfg(vocab_size=20, num_hidden_layers=3)), tensors)
 
 
 def test_checkpoint_is_safetensors_not_pickle(tmp_path):
     model = MiniDeepSeek(small_cfg(vocab_size=20))
-    T.save_checkpoint(tmp_path / "c.safetensors", model)
+    C.save_checkpoint(tmp_path / "c.safetensors", model)
     raw = (tmp_path / "c.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + header_len])
