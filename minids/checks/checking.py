@@ -126,6 +126,17 @@ def as_tensor(x, what: str = "your answer") -> torch.Tensor:
     raise CheckFailed(f"{what}: expected a tensor (or numbers), got {type(x).__name__}")
 
 
+def as_bool(x, what: str = "your answer") -> bool:
+    """A yes/no answer: a Python bool, a NumPy bool, or a one-element bool tensor/array."""
+    if isinstance(x, bool):
+        return x
+    if torch.is_tensor(x) and x.dtype == torch.bool and x.numel() == 1:
+        return bool(x)
+    if type(x).__module__ == "numpy" and str(getattr(x, "dtype", "")) == "bool" and getattr(x, "size", 0) == 1:
+        return bool(x)
+    raise CheckFailed(f"{what}: return True or False, got {x!r}")
+
+
 def _torch_dtype(x) -> torch.dtype:
     return as_tensor(x).dtype
 

@@ -417,17 +417,22 @@ def _time_limit(seconds: float):
 
 
 def notebook_namespace(path: str | Path, skip_cells: set[int] = frozenset()) -> dict:
-    """Run the notebook's code cells (not the check calls, not `skip_cells`) in one namespace."""
+    """Run the notebook's code cells in one namespace: not the check calls, not `skip_cells`, not
+    cells tagged `experiment` or `mutation-skip` (they train models or need their results)."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
     ns: dict = {"__name__": "__mutation__"}
     for i, src in _code_cells(nb):
-        if i in skip_cells or CHECK_CALL.search(src) or "mutation-skip" in nb.cells[i].metadata.get("tags", []):
+        tags = nb.cells[i].metadata.get("tags", [])
+        if i in skip_cells or CHECK_CALL.search(src) or "experiment" in tags or "mutation-skip" in tags:
             continue
         lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))]
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            exec(compile("\n".join(lines), f"{path}:cell{i}", "exec"), ns)
+            try:
+                exec(compile("\n".join(lines), f"{path}:cell{i}", "exec"), ns)
+            except Exception as e:  # noqa: BLE001 -- a broken demo cell must not stop the run
+                ns.setdefault("__cell_errors__", []).append(f"cell {i}: {type(e).__name__}: {e}")
     return ns
 
 

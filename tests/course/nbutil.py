@@ -14,14 +14,17 @@ from minids.checks.build import CHECK_CALL, strip_solutions
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def notebook_namespace(path: str | Path, stubbed: bool = False, skip_checks: bool = True) -> dict:
+def notebook_namespace(path: str | Path, stubbed: bool = False, skip_checks: bool = True,
+                       skip_tags: tuple[str, ...] = ("experiment",)) -> dict:
     """Execute the code cells of a notebook (optionally with solutions stripped) in one namespace;
-    cells that call a check_...(...) are skipped (they are what the tests exercise). Cells whose
-    solution was stripped define functions that raise NotImplementedError when called."""
+    cells that call a check_...(...) are skipped (they are what the tests exercise), and so are
+    cells tagged `experiment` (they train models: nbval runs them; tests check the experiment's
+    check on recorded measurements). Cells whose solution was stripped define functions that
+    raise NotImplementedError when called."""
     nb = nbformat.read(ROOT / path, as_version=4)
     ns: dict = {"__name__": "__notebook__"}
     for cell in nb.cells:
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or set(cell.metadata.get("tags", [])) & set(skip_tags):
             continue
         src = strip_solutions(cell.source) if stubbed else cell.source
         if skip_checks and CHECK_CALL.search(src):

@@ -43,7 +43,7 @@ MISTAKES = [
     (check_causal_attention, lambda q, k, v: (_scores(q, k) / math.sqrt(q.size(-1))).masked_fill(
         ~_mask(q), 0.0).softmax(-1) @ v, "not 0"),
     (check_causal_attention, lambda q, k, v: (_scores(q, k) / math.sqrt(q.size(-2))).masked_fill(
-        ~_mask(q), float("-inf")).softmax(-1) @ v, "not the sequence length"),
+        ~_mask(q), float("-inf")).softmax(-1) @ v, "not the number of queries"),
     (check_causal_attention, lambda q, k, v: (q @ k / math.sqrt(q.size(-1))).softmax(-1) @ v, "transpose"),
     (check_shift_targets, lambda ids, i, T: (ids[i:T], ids[i + 1:T + 1]), "the end is i+T, not T"),
     (check_shift_targets, lambda ids, i, T: (ids[i:i + T], ids[i + 1:i + T]), "has 7 tokens"),

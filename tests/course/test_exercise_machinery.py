@@ -47,15 +47,29 @@ def test_every_solution_notebook_has_three_graded_tasks_with_stubs(path):
     assert executed, "solutions are committed executed (strict nbval compares their outputs)"
 
 
+# the experiment's measurements, recorded: graded notebooks skip the training (seconds, not minutes)
+MEASURED_01 = {"steps": 120, "val_loss": {0.5: 2.793, 0.8: 2.411, 1.0: 2.396, 1.25: 2.468, 2.0: 2.82},
+               "loss_by_position": {0: 3.16, 1: 2.62, 3: 2.19, 15: 2.33, 63: 2.30}}
+
+
+def _without_training(nb):
+    for c in nb.cells:
+        if "experiment" in c.metadata.get("tags", []):
+            c.source = f"results = {MEASURED_01!r}"
+    return nb
+
+
 def _broken_and_hanging(tmp_path):
-    sol = nbformat.read(ROOT / "solutions/01_gpt_baseline.ipynb", as_version=4)
+    original = nbformat.read(ROOT / "solutions/01_gpt_baseline.ipynb", as_version=4)
+    sol = _without_training(nbformat.reads(nbformat.writes(original), as_version=4))
+    n_tasks = len(tasks_of(sol))
     folder = tmp_path / "submissions"
     (folder / "alice").mkdir(parents=True)
     (folder / "bob").mkdir()
     (folder / "carol").mkdir()
     (folder / "dave").mkdir()
     nbformat.write(sol, folder / "alice" / "my_work_renamed.ipynb")          # full solution, renamed
-    ex = make_exercise(sol)
+    ex = make_exercise(original)
     nbformat.write(ex, folder / "bob" / "01_gpt_baseline.ipynb")              # untouched stubs
     broken = nbformat.reads(nbformat.writes(sol), as_version=4)
     broken.cells.insert(2, nbformat.v4.new_code_cell("1/0"))
@@ -67,23 +81,23 @@ def _broken_and_hanging(tmp_path):
     hanging.cells.insert(5, nbformat.v4.new_code_cell("import time\nwhile True:\n    time.sleep(0.1)"))
     nbformat.write(hanging, folder / "dave" / "01_gpt_baseline.ipynb")
     (folder / "eve").mkdir()
-    cheat = make_exercise(sol)                               # stubs, plus hand-printed passes
+    cheat = make_exercise(original)                          # stubs, plus hand-printed passes
     cheat.cells.insert(2, nbformat.v4.new_code_cell(
         "def check_rms_norm(fn):\n    print('✅ rms_norm: passed 4/4 tests')\n"
         "print('✅ causal_attention: passed 3/3 tests')"))
     nbformat.write(cheat, folder / "eve" / "01_gpt_baseline.ipynb")
-    return folder
+    return folder, n_tasks
 
 
 @pytest.mark.slow
 def test_grade_folder_with_good_broken_and_hanging_notebooks(tmp_path):
-    folder = _broken_and_hanging(tmp_path)
+    folder, n = _broken_and_hanging(tmp_path)
     out = tmp_path / "grades.csv"
     before = (folder / "bob" / "01_gpt_baseline.ipynb").read_bytes()
     rows = {r["learner"]: r for r in grade([folder], timeout=10, csv_path=out, echo=False)}
-    assert rows["alice"]["score"] == rows["alice"]["max"] == 4
-    assert rows["bob"]["score"] == 0 and rows["bob"]["max"] == 4
-    assert rows["carol"]["score"] == 3 and rows["carol"]["tasks"]["shift_targets"] == 0
+    assert rows["alice"]["score"] == rows["alice"]["max"] == n
+    assert rows["bob"]["score"] == 0 and rows["bob"]["max"] == n
+    assert rows["carol"]["score"] == n - 1 and rows["carol"]["tasks"]["shift_targets"] == 0
     assert rows["dave"]["status"] == "timeout" and rows["dave"]["score"] >= 1   # tasks after the hang still run
     assert rows["eve"]["score"] == 0                      # printing ✅ or redefining a check earns nothing
     with open(out) as f:
