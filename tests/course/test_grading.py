@@ -57,10 +57,11 @@ def test_unreadable_notebook_scores_zero_on_its_chapters_tasks(tmp_path, capsys)
     (folder / "eve" / "01_gpt_baseline.ipynb").write_text('{"cells": [')   # cut off while saving
     out = tmp_path / "grades.csv"
     rows = {r["learner"]: r for r in grade([folder], timeout=30, csv_path=out)}
-    assert rows["alice"]["score"] == rows["alice"]["max"] == 4
-    assert rows["eve"]["status"].startswith("unreadable") and rows["eve"]["max"] == 4
-    assert rows["eve"]["tasks"] == {"rms_norm": 0, "causal_attention": 0, "shift_targets": 0, "temperature_probs": 0}
+    n = len(rows["alice"]["tasks"])                                  # chapter 01's tasks (9)
+    assert rows["alice"]["score"] == rows["alice"]["max"] == n >= 4
+    assert rows["eve"]["status"].startswith("unreadable") and rows["eve"]["max"] == n
+    assert rows["eve"]["tasks"] == dict.fromkeys(rows["alice"]["tasks"], 0)
     with open(out) as f:
         eve = next(r for r in csv.DictReader(f) if r["learner"] == "eve")
-    assert eve["rms_norm"] == "0" and eve["max"] == "4" and eve["chapter"] == "01"
+    assert eve["rms_norm"] == "0" and eve["max"] == str(n) and eve["chapter"] == "01"
     assert "unreadable" in capsys.readouterr().out                   # the printed table says why
