@@ -1,5 +1,6 @@
 """Byte-level BPE, token files (memmaps written atomically) and the data-set loader (chapter 08)."""
 
+import importlib.util
 import json
 import random
 
@@ -157,7 +158,7 @@ def test_online_loader_text_file_and_bad_sources(tmp_path):
         load_dataset(str(tmp_path))
 
 
-@pytest.mark.skipif(not D.importlib.util.find_spec("datasets"), reason="`datasets` not installed")
+@pytest.mark.skipif(not importlib.util.find_spec("datasets"), reason="`datasets` not installed")
 def test_online_loader_through_datasets_matches_plain_python(tmp_path):
     path, _ = _jsonl(tmp_path)
     a = load_dataset(str(prepare_dataset(str(path), tmp_path / "a", vocab_size=300, use_datasets=True)))
