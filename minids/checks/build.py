@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -87,7 +88,8 @@ def python_source(source: str) -> str:
     a line magic or shell escape (`%...`, `!...`) becomes `pass` (indentation kept)."""
     if source.lstrip().startswith("%%"):
         return ""
-    return "\n".join(MAGIC.sub(r"\1pass  # ", line) if MAGIC.match(line) else line for line in source.splitlines())
+    code = "\n".join(MAGIC.sub(r"\1pass  # ", line) if MAGIC.match(line) else line for line in source.splitlines())
+    return textwrap.dedent(code)                  # as IPython does for a cell whose first line is indented
 
 
 def check_calls(source: str) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
