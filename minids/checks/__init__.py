@@ -16,7 +16,13 @@ from .ch01 import (  # noqa: F401
     check_temperature_limits,
     check_temperature_probs,
 )
-from .ch02 import check_attend_with_cache, check_kv_cache_size, check_repeat_kv  # noqa: F401
+from .ch02 import (  # noqa: F401
+    check_batch_experiment,
+    check_gqa_step,
+    check_kv_cache_size,
+    check_max_batch,
+    check_repeat_kv,
+)
 from .ch03 import check_absorbed_output, check_absorbed_scores, check_mla_latents, check_split_wkv_b  # noqa: F401
 from .ch04 import check_group_mask, check_moe_dispatch, check_topk_gate, check_update_bias  # noqa: F401
 from .ch05 import check_acceptance_rule, check_mtp_logits, check_mtp_shift  # noqa: F401

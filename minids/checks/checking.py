@@ -49,9 +49,10 @@ Rules (the grader and the tests rely on them):
   train); both are reported, never silently dropped.
 - `POINTS = {"task": n}` (optional): the task's weight in the instructors' guide.
 
-Instrumentation (`forbidden=`, `watching()`) sees what runs in this process; when the grader
-runs the learner's function elsewhere it sees nothing and those checks pass vacuously (the
-grader enforces `FORBIDDEN` by itself).
+Instrumentation (`forbidden=`, and `watch=Watch()`: the op count and the largest tensor storage
+a call makes) sees what runs in this process; when the grader runs the learner's function
+elsewhere it sees nothing and those checks pass vacuously (the grader enforces `FORBIDDEN` by
+itself).
 """
 
 from __future__ import annotations
@@ -302,13 +303,6 @@ class Watch(TorchDispatchMode):
         return self.ops > 0
 
 
-@contextlib.contextmanager
-def watching():
-    w = Watch()
-    with w:
-        yield w
-
-
 # ------------------------------------------------------------------------ the checker
 _SHAPE_ERRORS = ("size of tensor", "shape", "mat1 and mat2", "Expected size", "must match", "dimension")
 
@@ -324,9 +318,11 @@ class Checker:
         return self
 
     # -------------------------------------------------------------- calling the learner
-    def call(self, fn, *args, hint: str | None = None, forbidden: Iterable[str] = (), **kwargs):
+    def call(self, fn, *args, hint: str | None = None, forbidden: Iterable[str] = (), watch: Watch | None = None,
+             **kwargs):
         """fn(*args, **kwargs) on deep copies of the arguments; the result must be plain data.
-        A shape-like RuntimeError names `hint` as the likely mistake."""
+        A shape-like RuntimeError names `hint` as the likely mistake. With `watch` (a Watch()),
+        the call's tensor operations are counted (watch.ops, watch.peak_bytes)."""
         if fn is None:
             raise NotAnswered("not implemented yet")
         if not callable(fn):
@@ -334,7 +330,7 @@ class Checker:
                               "itself, without calling it")
         args, kwargs = copy.deepcopy(args), copy.deepcopy(kwargs)
         try:
-            with forbid(forbidden):
+            with forbid(forbidden), (watch if watch is not None else contextlib.nullcontext()):
                 out = fn(*args, **kwargs)
         except RuntimeError as e:
             if hint and any(s in str(e) for s in _SHAPE_ERRORS):

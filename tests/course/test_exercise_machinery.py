@@ -197,7 +197,7 @@ def test_call_copies_arguments_forbids_calls_and_wants_plain_data(capsys):
     import torch
     import torch.nn.functional as F
 
-    from minids.checks.checking import Checker, watching
+    from minids.checks.checking import Checker, Watch
 
     x = torch.ones(3)
     with Checker("t") as c:
@@ -226,9 +226,10 @@ def test_call_copies_arguments_forbids_calls_and_wants_plain_data(capsys):
         with Checker("t") as c:
             c.call(lambda: object())
     assert "return plain data" in _fails(not_plain, capsys)
-    with watching() as w:
-        torch.randn(8, 8).repeat(4, 1)
-    assert w.observed and w.peak_bytes >= 32 * 8 * 4
+    w = Watch()
+    with Checker("t") as c:
+        c.call(lambda t: t.repeat(4, 1), torch.randn(8, 8), watch=w)
+    assert w.observed and w.peak_bytes >= 32 * 8 * 4 and w.ops == 1
 
 
 def test_value_task_none_reads_as_not_answered(capsys):
