@@ -404,16 +404,21 @@ def write_csv(rows: list[dict], path: str | Path, tasks: list[str]) -> None:
 
 def grade(paths: list[str | Path], timeout: float = 120, csv_path: str | Path | None = None, echo: bool = True, *,
           limits: Limits | None = None, level: str = "auto", solutions: str | Path | None = None,
-          grace: float = 5.0) -> list[dict]:
+          grace: float = 5.0, zygote: Zygote | None = None) -> list[dict]:
     """Grade notebooks and/or folders of notebooks (a learner per sub-folder, or per file).
     Bad arguments (a missing path, `timeout <= 0`, `csv_path` a folder or in a missing folder)
-    raise ValueError / FileNotFoundError before anything runs."""
+    raise ValueError / FileNotFoundError before anything runs. `zygote`: a runner to reuse
+    (its limits and level apply; it is left running), else one is started for this call."""
     _check_args(paths, timeout, csv_path)
     course = load_course(solutions)
     jobs, roots, files = _jobs(paths)
     from .sandbox import hide_list
     rows = []
-    zygote = Zygote(limits or Limits(), hide_list(roots, files), level)
+    own = zygote is None
+    if own:
+        zygote = Zygote(limits or Limits(), hide_list(roots, files), level)
+    else:
+        zygote.hide = hide_list(roots, files)
     try:
         for f, learner, data, reason in jobs:
             if reason is not None:
@@ -423,7 +428,8 @@ def grade(paths: list[str | Path], timeout: float = 120, csv_path: str | Path | 
                 row = grade_notebook(f, timeout, learner, course=course, zygote=zygote, data=data, grace=grace)
             rows.append(row)
     finally:
-        zygote.close()
+        if own:
+            zygote.close()
     order = [t["task"] for ch in sorted(course) for t in course[ch]["tasks"]]
     present = {t for r in rows for t in r["tasks"]}
     tasks = [t for t in order if t in present]

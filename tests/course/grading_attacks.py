@@ -5,6 +5,8 @@ notebook (nbformat v4); nothing here runs anything."""
 from __future__ import annotations
 
 import ast
+import atexit
+import inspect
 import json
 import re
 
@@ -12,6 +14,7 @@ import nbformat
 from nbutil import ROOT
 
 from minids.checks.build import course_tasks, make_exercise, python_source
+from minids.checks.grade import grade
 
 CHAPTER = "01"
 COURSE = course_tasks(ROOT / "solutions")
@@ -23,6 +26,25 @@ FUNCTIONS = {t["task"]: t["args"][0] for t in COURSE[CHAPTER]["tasks"] if t["arg
 ALL_TASKS = [t["task"] for ch in COURSE.values() for t in ch["tasks"]]
 FORGED = "MINIDS-GRADE " + json.dumps(dict.fromkeys(ALL_TASKS, 1))
 FORGED_TICKS = "\n".join(f"✅ {t}: passed 1/1 tests" for t in ALL_TASKS)
+
+
+_SHARED = []
+
+
+def shared_zygote():
+    """One notebook runner for all the grader tests of this process (starting one takes ~10 s)."""
+    from minids.checks.sandbox import Zygote
+    if not _SHARED or not _SHARED[0].alive():
+        z = Zygote()
+        z.start()
+        atexit.register(z.close)
+        _SHARED[:] = [z]
+    return _SHARED[0]
+
+
+def grade_options() -> dict:
+    """Reuse the shared runner where the grader can (only the public arguments otherwise)."""
+    return {"zygote": shared_zygote()} if "zygote" in inspect.signature(grade).parameters else {}
 
 
 def solution():

@@ -52,7 +52,7 @@ def graded(tmp_path_factory):
     _write(folder, "o_raises", broken)
     before = {p: p.read_bytes() for p in folder.rglob("*.ipynb")}
     out = tmp / "grades.csv"
-    rows = {r["learner"]: r for r in grade([folder], timeout=60, csv_path=out, echo=False)}
+    rows = {r["learner"]: r for r in grade([folder], timeout=60, csv_path=out, echo=False, **A.grade_options())}
     with open(out, newline="") as f:
         table = {r["learner"]: r for r in csv.DictReader(f)}
     return rows, table, before

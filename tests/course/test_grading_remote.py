@@ -9,6 +9,7 @@ from textwrap import dedent
 import nbformat
 import pytest
 import torch
+from grading_attacks import shared_zygote
 from torch import nn
 
 from minids.checks.grade import grade_notebook
@@ -128,10 +129,11 @@ def notebook(tmp_path, name: str, cells: dict | list, **meta) -> str:
 
 @pytest.fixture(scope="module")
 def zygote():
-    z = Zygote(Limits(memory_gb=3, tmp_mb=64, reply_mb=16))     # the `huge` answer (40 MiB) is over the cap
-    z.start()
+    z = shared_zygote()
+    limits = z.limits
+    z.limits = Limits(memory_gb=3, tmp_mb=64, reply_mb=16)      # the `huge` answer (40 MiB) is over the cap
     yield z
-    z.close()
+    z.limits = limits
 
 
 def run(zygote, path, timeout=20, grace=2.0):
