@@ -25,7 +25,13 @@ from .ch02 import (  # noqa: F401
 )
 from .ch03 import check_absorbed_output, check_absorbed_scores, check_mla_latents, check_split_wkv_b  # noqa: F401
 from .ch04 import check_group_mask, check_moe_dispatch, check_topk_gate, check_update_bias  # noqa: F401
-from .ch05 import check_acceptance_rule, check_mtp_logits, check_mtp_shift  # noqa: F401
+from .ch05 import (  # noqa: F401
+    check_acceptance_experiment,
+    check_mtp_loss,
+    check_mtp_targets,
+    check_speculation_numbers,
+    check_speculative_decode,
+)
 from .ch06 import check_block_parts, check_equal_flops_width, check_ffn_active_params, check_training_flops_per_token  # noqa: F401
 from .ch07 import check_implied_mfu, check_kv_cache_gib, check_moe_flops_per_token, check_training_gpu_hours  # noqa: F401
 from .ch08 import check_accumulate_grads, check_mfu, check_rank_slice  # noqa: F401
