@@ -1,64 +1,72 @@
-"""Command line: python -m minids train | sample | bench | cost | grade | exercises."""
+"""Command line: python -m minids train | sample | bench | cost | grade | exercises | mutation."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
+import re
 import sys
+import typing
+
+# Short names kept for TrainConfig fields whose flags people already type.
+_FLAG_ALIASES = {"learning_rate": "--lr", "num_threads": "--threads", "grad_accum_steps": "--grad-accum"}
 
 
-def _train(argv):
-    import os
+def field_comments(cls) -> dict[str, str]:
+    """A dataclass's fields -> the comment at the end of each one's line in the class body."""
+    src = inspect.getsource(cls)
+    return {m[1]: m[2].strip() for m in re.finditer(r"^ {4}(\w+): [^#\n]*#\s*(.*)$", src, re.M)}
 
-    from .config import PRESETS, ModelConfig, TrainConfig, get_preset, gpu_train_config
-    from .train import train
+
+def add_dataclass_flags(ap, cls, rules: dict[str, str], defaults: dict | None = None) -> None:
+    """One flag per field of `cls` (--batch-size for batch_size), typed from its annotation, the
+    help text from its comment and rule. A flag's value is None unless given (or in `defaults`):
+    only what the command line says changes the config it starts from."""
+    hints, comments, defaults = typing.get_type_hints(cls), field_comments(cls), defaults or {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)   # X | None -> X
+        flags = [f"--{f.name.replace('_', '-')}"] + ([_FLAG_ALIASES[f.name]] if f.name in _FLAG_ALIASES else [])
+        rule = f"; {rules[f.name]}" if f.name in rules else ""
+        default = defaults.get(f.name)
+        help_ = f"{comments.get(f.name, '')} (default {defaults.get(f.name, f.default)}{rule})".replace("%", "%%")
+        if kind is bool:
+            ap.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            ap.add_argument(*flags, dest=f.name, type=kind, default=default, help=help_)
+
+
+def parse_train_args(argv):
+    """`python -m minids train ...` -> (model config, TrainConfig, resume?)."""
+    from .config import PRESETS, TRAIN_RULES, ModelConfig, TrainConfig, get_preset, gpu_train_config
 
     ap = argparse.ArgumentParser(prog="python -m minids train", description="Many GPUs: the same "
                                  "command under torchrun: torchrun --nproc_per_node=8 -m minids train ...")
     ap.add_argument("--preset", default="baseline", choices=sorted(PRESETS))
     ap.add_argument("--model-config", default=None,
                     help="a config.json (ModelConfig fields) instead of --preset")
-    ap.add_argument("--out-dir", default="out", help="checkpoint and metrics.jsonl go here")
     ap.add_argument("--resume", action="store_true", help="continue exactly from out-dir's checkpoint")
-    ap.add_argument("--max-iters", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--block-size", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None)
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (per rank)")
-    ap.add_argument("--warmup-iters", type=int, default=None)
-    ap.add_argument("--lr-decay-iters", type=int, default=None)
-    ap.add_argument("--eval-interval", type=int, default=None)
-    ap.add_argument("--eval-iters", type=int, default=None)
-    ap.add_argument("--log-interval", type=int, default=None)
-    ap.add_argument("--checkpoint-interval", type=int, default=None)
-    ap.add_argument("--dataset", default=None, help="'shakespeare' or a token folder (prepare_dataset)")
-    ap.add_argument("--tokenizer", default=None, help="'char', 'bpe' or 'bpe:N'")
-    ap.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    changes = {k: v for k, v in dict(max_iters=args.max_iters, batch_size=args.batch_size,
-                                     block_size=args.block_size, learning_rate=args.lr,
-                                     device=args.device, dtype=args.dtype, num_threads=args.threads,
-                                     seed=args.seed, grad_accum_steps=args.grad_accum,
-                                     warmup_iters=args.warmup_iters, lr_decay_iters=args.lr_decay_iters,
-                                     eval_interval=args.eval_interval,
-                                     eval_iters=args.eval_iters, log_interval=args.log_interval,
-                                     checkpoint_interval=args.checkpoint_interval, dataset=args.dataset,
-                                     tokenizer=args.tokenizer).items() if v is not None}
-    flags = dict(out_dir=args.out_dir, fsdp=args.fsdp, progress=not args.no_progress)
-    if args.compile is not None:
-        flags["compile"] = args.compile
-    model_cfg = ModelConfig.from_json(args.model_config) if args.model_config else get_preset(args.preset)
-    base = gpu_train_config(args.preset) if args.preset.startswith("gpu") and not args.model_config else None
-    tc = base.replace(**flags, **changes) if base else TrainConfig(**flags, **changes)
-    res = train(model_cfg, tc, resume=args.resume)
+    add_dataclass_flags(ap.add_argument_group("training (TrainConfig fields)"), TrainConfig, TRAIN_RULES,
+                        defaults={"out_dir": "out"})
+    args = vars(ap.parse_args(argv))
+    preset, model_config, resume = args.pop("preset"), args.pop("model_config"), args.pop("resume")
+    model_cfg = ModelConfig.from_json(model_config) if model_config else get_preset(preset)
+    base = gpu_train_config(preset) if preset.startswith("gpu") and not model_config else TrainConfig()
+    return model_cfg, base.replace(**{k: v for k, v in args.items() if v is not None}), resume
+
+
+def _train(argv):
+    import os
+
+    from .train import train
+
+    model_cfg, tc, resume = parse_train_args(argv)
+    res = train(model_cfg, tc, resume=resume)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
-              f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {args.out_dir}/")
+              f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {tc.out_dir}/")
 
 
 def _sample(argv):
@@ -117,7 +125,8 @@ def _exercises(argv):
 
 def _cost(argv):
     from .config import PRESETS, get_preset
-    from .flops import PEAK_FLOPS, cost_table
+    from .cost import cost_table
+    from .flops import PEAK_FLOPS
 
     ap = argparse.ArgumentParser(prog="python -m minids cost",
                                  description="FLOPs, GPU-hours and dollars of training a preset on N tokens.")
@@ -131,8 +140,19 @@ def _cost(argv):
     print(cost_table(get_preset(args.preset), args.tokens, args.device, args.mfu, args.price, dtype=args.dtype))
 
 
+def _mutation(argv):
+    try:
+        mutate = importlib.import_module("minids.checks.mutate")
+    except ModuleNotFoundError as e:
+        if e.name != "minids.checks.mutate":
+            raise
+        raise SystemExit("error: `mutation` needs minids/checks/mutate.py, which this copy of minids lacks") from None
+    mutate.main(argv)
+
+
+# name -> function(argv); a command added later (e.g. `prepare`) is one more entry
 COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "cost": _cost, "grade": _grade,
-            "exercises": _exercises}
+            "exercises": _exercises, "mutation": _mutation}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
-"""Accounting from the config alone: parameters (total / active / embedding), FLOPs per token,
-KV-cache bytes, and the GPU-hours and dollars they imply. No model is built (see
-`meta_param_count` for the cross-check that builds one on the meta device, allocating nothing).
+"""Accounting from the config alone: parameters (total / active / embedding), FLOPs per token and
+for a whole training run, KV-cache bytes, and the GPUs' peak FLOP/s that MFU divides by (the
+GPU-hours and dollars all this implies: minids.cost).
+No model is built (`meta_param_count` cross-checks by building one on the meta device).
 
 Conventions (chapter 07 explains them):
 - A matrix-vector product with an (m, n) weight costs 2*m*n FLOPs (one multiply, one add).
@@ -9,20 +10,20 @@ Conventions (chapter 07 explains them):
   + the attention matmuls q.k and a.v over the keys it attends to (`attention_flops_per_token`).
 - Training = 3 x forward (the backward pass costs about twice the forward: gradients with
   respect to activations and to weights). No recomputation is counted: this is "model FLOPs",
-  so the MFU below is model-FLOPs utilisation (PaLM, arXiv 2204.02311, app. B).
+  so an MFU computed from them is model-FLOPs utilisation (PaLM, arXiv 2204.02311, app. B).
 - Attention over a sequence of T tokens: by default every query is charged T keys (PaLM's
   convention); `causal=True` charges the (T+1)/2 keys a causal query sees on average.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch
 
 from .config import ModelConfig
+from .validation import require
 
 # Dense (no sparsity) peak throughput per GPU in FLOP/s, from NVIDIA's data sheets (SXM parts;
 # data sheets print tensor-core figures "with sparsity": the dense peak is half of those).
@@ -87,7 +88,7 @@ class ParamCount:
         return self.active - self.embedding
 
 
-def _attention_params(c: ModelConfig) -> int:
+def attention_params(c: ModelConfig) -> int:
     d, H = c.hidden_size, c.num_attention_heads
     if not c.is_mla:
         return d * H * c.head_dim + 2 * d * c.num_key_value_heads * c.head_dim + H * c.head_dim * d
@@ -98,7 +99,7 @@ def _attention_params(c: ModelConfig) -> int:
     return q + kv + H * c.v_head_dim * d
 
 
-def _ffn_params(c: ModelConfig, layer_id: int) -> tuple[int, int]:
+def ffn_params(c: ModelConfig, layer_id: int) -> tuple[int, int]:
     """(total, active) parameters of one layer's FFN."""
     d = c.hidden_size
     if not c.is_moe_layer(layer_id):
@@ -119,13 +120,13 @@ def param_count(c: ModelConfig) -> ParamCount:
     head = 0 if c.tie_word_embeddings else V * d
     total = active = emb + head + d                       # embedding, head, final norm
     for i in range(c.num_hidden_layers):
-        t, a = _ffn_params(c, i)
-        attn = _attention_params(c) + 2 * d               # + the two norms
+        t, a = ffn_params(c, i)
+        attn = attention_params(c) + 2 * d               # + the two norms
         total, active = total + attn + t, active + attn + a
     mtp = 0
     for k in range(c.num_nextn_predict_layers):
-        t, _ = _ffn_params(c, c.num_hidden_layers + k)
-        mtp += 2 * d + 2 * d * d + d + _attention_params(c) + 2 * d + t   # norms, M_k, norm, block
+        t, _ = ffn_params(c, c.num_hidden_layers + k)
+        mtp += 2 * d + 2 * d * d + d + attention_params(c) + 2 * d + t   # norms, M_k, norm, block
     return ParamCount(total=total + mtp, active=active, embedding=emb, mtp=mtp)
 
 
@@ -136,24 +137,10 @@ def meta_param_count(c: ModelConfig) -> int:
         return MiniDeepSeek(c).num_params()
 
 
-def _check_int(name: str, value, lo: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name}={value!r} must be an integer >= {lo}")
-
-
-def _check_number(name: str, value, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]" if hi != math.inf else \
-            f"{'> ' if lo_open else '>= '}{lo:g}"
-        raise ValueError(f"{name}={value!r} must be a finite number {rng}")
-
-
-def _attention_matmul_params(c: ModelConfig) -> int:
+def attention_matmul_params(c: ModelConfig) -> int:
     """Weights of one attention layer that multiply activations (its RMSNorm vectors excluded)."""
     norms = c.q_lora_rank + c.kv_lora_rank if c.is_mla else 0
-    return _attention_params(c) - norms
+    return attention_params(c) - norms
 
 
 def matmul_params_per_token(c: ModelConfig, mtp: bool = False) -> int:
@@ -164,10 +151,10 @@ def matmul_params_per_token(c: ModelConfig, mtp: bool = False) -> int:
     d, V, L = c.hidden_size, c.vocab_size, c.num_hidden_layers
     n = V * d                                                        # output head
     for i in range(L):
-        n += _attention_matmul_params(c) + _ffn_params(c, i)[1]
+        n += attention_matmul_params(c) + ffn_params(c, i)[1]
     if mtp:
         for k in range(c.num_nextn_predict_layers):
-            n += 2 * d * d + _attention_matmul_params(c) + _ffn_params(c, L + k)[1] + V * d
+            n += 2 * d * d + attention_matmul_params(c) + ffn_params(c, L + k)[1] + V * d
     return n
 
 
@@ -179,7 +166,7 @@ def attention_flops_per_token(c: ModelConfig, seq_len: int, causal: bool = False
     MLA is counted as it trains ("naive": keys and values expanded per head, 192 + 128 dims for
     V3). GQA/MQA do not change it (every query head still scores every key). `causal=True`
     charges the (seq_len + 1) / 2 keys a causal query sees on average, instead of seq_len."""
-    _check_int("seq_len", seq_len, 1)
+    require("seq_len", seq_len, "int >= 1")
     keys = (seq_len + 1) / 2 if causal else seq_len
     v = c.v_head_dim if c.is_mla else c.head_dim
     layers = c.num_hidden_layers if layers is None else layers
@@ -199,105 +186,20 @@ def flops_per_token(c: ModelConfig, seq_len: int, training: bool = True, mtp: bo
     return 3 * fwd if training else fwd
 
 
-# ================================================================================== cost
-# DeepSeek-V3 technical report (arXiv 2412.19437): Table 1 (training cost in H800 GPU-hours,
-# "assuming the rental price of the H800 GPU is $2 per GPU hour") and section 4.2 (14.8T
-# pre-training tokens, sequences of 4K tokens). These are the report's figures, typed here once.
-V3_GPU_HOURS: dict[str, int] = {"pre-training": 2_664_000, "context extension": 119_000,
-                                "post-training": 5_000}
-V3_PRICE_PER_GPU_HOUR = 2.0
-V3_TOKENS = 14.8e12
-V3_PRETRAIN_SEQ_LEN = 4096
-
-
+# ================================================================================== training
 def flops_6nd(n_params: float, tokens: float) -> float:
     """The rule of thumb C = 6 N D (Kaplan et al. 2020, arXiv 2001.08361): N parameters each
     used by every token, D training tokens; attention ignored. For an MoE, N = active params."""
-    _check_number("n_params", n_params, 0)
-    _check_number("tokens", tokens, 0)
+    require("n_params", n_params, "number >= 0")
+    require("tokens", tokens, "number >= 0")
     return 6.0 * n_params * tokens
 
 
 def training_flops(c: ModelConfig, tokens: float, seq_len: int, causal: bool = False,
                    mtp: bool = True) -> float:
     """Model FLOPs to train on `tokens` tokens in sequences of `seq_len`."""
-    _check_number("tokens", tokens, 0)
+    require("tokens", tokens, "number >= 0")
     return tokens * flops_per_token(c, seq_len, training=True, mtp=mtp, causal=causal)
-
-
-def gpu_hours(total_flops: float, mfu: float, device: str = "H800", dtype: str = "bfloat16") -> float:
-    """GPU-hours to do `total_flops` at model-FLOPs utilisation `mfu` of `device`'s peak."""
-    _check_number("total_flops", total_flops, 0)
-    _check_number("mfu", mfu, 0.0, 1.0, lo_open=True)
-    return total_flops / (mfu * peak_flops(device, dtype)) / 3600.0
-
-
-def dollar_cost(hours: float, price_per_gpu_hour: float = V3_PRICE_PER_GPU_HOUR) -> float:
-    """Rental cost of `hours` GPU-hours at `price_per_gpu_hour` dollars."""
-    _check_number("hours", hours, 0)
-    _check_number("price_per_gpu_hour", price_per_gpu_hour, 0)
-    return hours * price_per_gpu_hour
-
-
-def implied_mfu(total_flops: float, hours: float, device: str = "H800", dtype: str = "bfloat16") -> float:
-    """The MFU a reported GPU-hour figure implies: total_flops / (hours * 3600 * peak). Not
-    clipped: a value above 1 means the figure cannot be right (or the FLOPs are overcounted)."""
-    _check_number("total_flops", total_flops, 0)
-    _check_number("hours", hours, 0, lo_open=True)
-    return total_flops / (hours * 3600.0 * peak_flops(device, dtype))
-
-
-def human(x: float, unit: str = "") -> str:
-    """1234567 -> '1.23M' (K, M, B, T; scientific notation beyond 1000T)."""
-    if abs(x) >= 1e15:
-        return f"{x:.3g}{unit}"
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= size:
-            return f"{x / size:.2f}{suffix}{unit}"
-    return f"{x:.3g}{unit}"
-
-
-class CostTable(dict):
-    """The numbers of `cost_table`, as a dict; str() prints them as a two-column table."""
-
-    def __str__(self) -> str:
-        rows = [
-            ("parameters, total", f"{human(self['params_total'])} (main {human(self['params_main'])}"
-                                  f" + MTP {human(self['params_mtp'])})"),
-            ("parameters, active", f"{human(self['params_active'])} "
-                                   f"({human(self['params_active_non_embedding'])} without the embedding)"),
-            ("sequence length", f"{self['seq_len']:,}"),
-            ("FLOPs per token (training)", human(self["flops_per_token"])),
-            ("tokens", human(self["tokens"])),
-            ("training FLOPs", f"{self['total_flops']:.3e}"),
-            ("device", f"{self['device']} {self['dtype']}, peak {self['peak_flops'] / 1e12:,.1f} TFLOP/s"),
-            ("MFU", f"{100 * self['mfu']:.1f}%"),
-            ("GPU-hours", f"{self['gpu_hours']:,.4g}"),
-            ("price per GPU-hour", f"${self['price_per_gpu_hour']:,.2f}"),
-            ("cost", f"${self['cost_usd']:,.2f}" if self["cost_usd"] >= 1 else f"${self['cost_usd']:.3g}"),
-        ]
-        w = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
-
-
-def cost_table(cfg: ModelConfig, tokens: float, device: str = "H800", mfu: float = 0.4,
-               price: float = V3_PRICE_PER_GPU_HOUR, seq_len: int | None = None,
-               dtype: str = "bfloat16", causal: bool = False, mtp: bool = True) -> CostTable:
-    """Everything between a config and a bill: parameters, FLOPs per token, total FLOPs,
-    GPU-hours at `mfu` of `device`'s peak, dollars at `price` per GPU-hour. `seq_len` defaults
-    to the smaller of the model's context and V3's pre-training length (4,096)."""
-    if seq_len is None:
-        seq_len = min(cfg.max_position_embeddings, V3_PRETRAIN_SEQ_LEN)
-    p = param_count(cfg)
-    total = training_flops(cfg, tokens, seq_len, causal=causal, mtp=mtp)
-    hours = gpu_hours(total, mfu, device, dtype)
-    return CostTable(
-        params_total=p.total, params_main=p.main, params_mtp=p.mtp, params_active=p.active,
-        params_active_non_embedding=p.active_non_embedding, seq_len=seq_len,
-        flops_per_token=flops_per_token(cfg, seq_len, training=True, mtp=mtp, causal=causal),
-        tokens=tokens, total_flops=total, device=device, dtype=dtype,
-        peak_flops=peak_flops(device, dtype), mfu=mfu, gpu_hours=hours,
-        price_per_gpu_hour=price, cost_usd=dollar_cost(hours, price))
 
 
 # ================================================================================== KV cache
@@ -326,8 +228,6 @@ def dtype_bytes(dtype) -> int:
 def kv_cache_bytes(c: ModelConfig, context_len: int, dtype="bfloat16", batch: int = 1) -> int:
     """Bytes of the whole model's cache (all num_hidden_layers main layers; an MTP draft
     module would add one layer's worth) for `batch` sequences of `context_len` tokens."""
-    if not isinstance(context_len, int) or context_len < 0:
-        raise ValueError(f"context_len={context_len!r} must be an integer >= 0")
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch={batch!r} must be an integer >= 1")
+    require("context_len", context_len, "int >= 0")
+    require("batch", batch, "int >= 1")
     return batch * context_len * c.num_hidden_layers * kv_cache_values_per_token(c) * dtype_bytes(dtype)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..attention import MLA, CausalSelfAttention
 from ..config import ModelConfig, get_preset
-from ..flops import _ffn_params, flops_per_token
+from ..flops import ffn_params, flops_per_token
 from ..layers import MLP
 from ..moe import MoE
 from .checking import Checker
@@ -36,7 +36,7 @@ def check_ffn_active_params(ffn_active_params) -> None:
         for name, cfg, i in _ffn_cases():
             d, E, K, S = cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_shared_experts
             I, Ie = cfg.intermediate_size, cfg.moe_intermediate_size
-            exp = _ffn_params(cfg, i)[1]
+            exp = ffn_params(cfg, i)[1]
             mistakes = [(3 * d * I, "this layer is a MoE layer: only layers < first_k_dense_replace are dense")]
             if cfg.is_moe and i < cfg.first_k_dense_replace:
                 mistakes = [(E * d + (S + K) * 3 * d * Ie,

@@ -4,7 +4,8 @@ the MFU a reported figure implies, and KV-cache memory of MLA against MHA."""
 from __future__ import annotations
 
 from ..config import ModelConfig, get_preset
-from ..flops import _ffn_params, flops_6nd, gpu_hours, implied_mfu, peak_flops
+from ..cost import gpu_hours, implied_mfu
+from ..flops import ffn_params, flops_6nd, peak_flops
 from .checking import Checker
 
 
@@ -25,7 +26,7 @@ def check_moe_flops_per_token(moe_flops_per_token) -> None:
         for name, cfg in _moe_configs():
             d, I, E = cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts
             K, S = cfg.num_experts_per_tok, cfg.n_shared_experts
-            exp = 2 * _ffn_params(cfg, cfg.first_k_dense_replace)[1]         # the package's count
+            exp = 2 * ffn_params(cfg, cfg.first_k_dense_replace)[1]         # the package's count
             c.close(float(moe_flops_per_token(cfg)), float(exp), name, mistakes=[
                 (2 * (E * d + (S + E) * 3 * d * I),
                  "a token runs only the K chosen routed experts, not all of them"),

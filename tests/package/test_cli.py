@@ -48,3 +48,32 @@ def test_usage_and_unknown_command():
     assert run("fly").returncode == 2
     r = run("bench")
     assert "baseline" in r.stdout
+
+
+def test_train_flags_come_from_the_train_config_fields():
+    from minids.__main__ import parse_train_args
+    from minids.config import TrainConfig
+    cfg, tc, resume = parse_train_args(["--lr", "2e-3", "--grad-accum", "2", "--no-progress", "--batch-size", "3",
+                                        "--lr-decay-iters", "50", "--compile", "--tokenizer", "bpe:512"])
+    assert (tc.learning_rate, tc.grad_accum_steps, tc.progress, tc.batch_size) == (2e-3, 2, False, 3)
+    assert (tc.lr_decay_iters, tc.compile, tc.tokenizer, tc.out_dir, resume) == (50, True, "bpe:512", "out", False)
+    assert tc.max_iters == TrainConfig().max_iters and cfg.hidden_size == 128          # untouched: defaults
+    _, gpu, _ = parse_train_args(["--preset", "gpu", "--max-iters", "7"])
+    assert (gpu.max_iters, gpu.block_size, gpu.dtype) == (7, 1024, "bfloat16")         # the GPU run, one change
+    import dataclasses
+    r = run("train", "--help")
+    for f in dataclasses.fields(TrainConfig):                                          # every field has a flag
+        assert f"--{f.name.replace('_', '-')}" in r.stdout, f.name
+    assert "sequences per micro-batch" in r.stdout                                    # help from the comment
+
+
+def test_mutation_command_without_its_module_is_a_clear_error(monkeypatch):
+    import importlib
+
+    import minids.__main__ as cli
+
+    def missing(name, *a):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(SystemExit, match="mutation.*minids/checks/mutate.py"):
+        cli.main(["mutation"])

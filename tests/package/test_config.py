@@ -79,7 +79,7 @@ def test_invalid_model_config_names_the_field(changes, field):
 
 
 def test_error_states_the_allowed_range():
-    with pytest.raises(ValueError, match=r"num_experts_per_tok=9 must be in \[1, 8\]"):
+    with pytest.raises(ValueError, match=r"num_experts_per_tok=9 must be an integer in \[1, n_routed_experts=8\]"):
         ModelConfig(n_routed_experts=8, num_experts_per_tok=9, moe_intermediate_size=8)
 
 

@@ -1,4 +1,4 @@
-"""Accounting (minids/flops.py): parameter counts against the model built on the meta device,
+"""Accounting (minids/flops.py, minids/cost.py): parameter counts against the model built on the meta device,
 FLOPs per token against torch's own FLOP counter, and the V3 report's cost figures."""
 
 import math
@@ -10,19 +10,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from minids.config import PRESETS, ModelConfig, get_preset
-from minids.flops import (
-    PEAK_FLOPS,
+from minids.cost import (
     V3_GPU_HOURS,
     V3_PRETRAIN_SEQ_LEN,
     V3_PRICE_PER_GPU_HOUR,
     V3_TOKENS,
-    attention_flops_per_token,
     cost_table,
     dollar_cost,
-    flops_6nd,
-    flops_per_token,
     gpu_hours,
     implied_mfu,
+)
+from minids.flops import (
+    PEAK_FLOPS,
+    attention_flops_per_token,
+    flops_6nd,
+    flops_per_token,
     matmul_params_per_token,
     meta_param_count,
     param_count,
