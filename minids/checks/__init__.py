@@ -23,7 +23,13 @@ from .ch02 import (  # noqa: F401
     check_max_batch,
     check_repeat_kv,
 )
-from .ch03 import check_absorbed_output, check_absorbed_scores, check_mla_latents, check_split_wkv_b  # noqa: F401
+from .ch03 import (  # noqa: F401
+    check_absorbed_decode_scores,
+    check_cache_bytes_v3,
+    check_kv_rank_experiment,
+    check_merge_cost,
+    check_merge_weights,
+)
 from .ch04 import check_group_mask, check_moe_dispatch, check_topk_gate, check_update_bias  # noqa: F401
 from .ch05 import (  # noqa: F401
     check_acceptance_experiment,

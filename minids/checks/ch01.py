@@ -13,8 +13,9 @@ from torch import nn
 from .checking import Checker, CheckFailed, as_bool
 
 FORBIDDEN = {
-    "causal_attention": ["torch.nn.functional.scaled_dot_product_attention", "minids.attention._sdpa",
-                         "minids.attention.sdpa", "minids.attention._grouped_sdpa", "minids.attention.grouped_sdpa"],
+    "causal_attention": ["torch.nn.functional.scaled_dot_product_attention", "minids.attention.causal_sdpa",
+                         "minids.attention._one_query_attention", "minids.attention._grouped_sdpa",
+                         "minids.attention._sdpa"],
     "rope": ["torch.view_as_complex", "torch.view_as_real", "torch.polar", "torch.complex",
              "minids.layers.apply_rotary_emb", "minids.layers.precompute_freqs_cis", "minids.layers.rope_frequencies"],
     "temperature_probs": ["minids.generate.filtered_probs"],
@@ -462,8 +463,3 @@ def check_temperature_experiment(results) -> None:
                    "each character occurs (about 3.3 nats)")
         for t in POSITIONS[1:]:
             c.in_range(lp[t], 0.5, 5.0, f"loss at position {t}")
-
-
-def _reference_attention(q, k, v):
-    """Causal attention in float64, returned in q's dtype (q, k, v: (B, H, T, D))."""
-    return _attn_ref(q, k, v).to(q.dtype)
