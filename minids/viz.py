@@ -1,4 +1,6 @@
-"""Plots the lessons share (matplotlib). Each returns the figure; notebooks end the cell with `;`."""
+"""Plots the lessons share. Part of the course, not of the library: it needs matplotlib (the
+[course] extra), and no library module imports it. Each returns the figure; a notebook cell that
+shows one ends with plt.show()."""
 
 from __future__ import annotations
 
