@@ -158,14 +158,25 @@ def setup_namespaces(cfg: dict) -> None:
         except OSError:
             if os.path.exists(path) and not path.startswith("/tmp/"):
                 raise
-    # what the kernel needs (the interpreter, minids) and lives where a fresh tmpfs will go
+    # The grader's home folders are masked by an empty read-only tmpfs, and the scratch folders
+    # replaced by fresh ones; what the kernel needs (the interpreter, minids) and lives under
+    # either is bound back, read-only.
+    keep = [os.path.realpath(p) for p in cfg.get("keep", [])]
+    masks = []
+    for m in cfg.get("mask", []):
+        m = os.path.realpath(m)
+        if m != "/" and os.path.isdir(m) and not any(k == m or m.startswith(k + "/") for k in keep) \
+                and not m.startswith(tuple(d + "/" for d in SCRATCH)) and m not in masks:
+            masks.append(m)
+    covered = tuple(d + "/" for d in (*SCRATCH, *masks))
     needed = []
-    for p in sorted(cfg.get("keep", []), key=len):
-        if p.startswith(tuple(d + "/" for d in SCRATCH)) and os.path.isdir(p) \
-                and not any(p.startswith(q + "/") for q in needed):
+    for p in sorted(keep, key=len):
+        if p.startswith(covered) and os.path.isdir(p) and not any(p.startswith(q + "/") for q in needed):
             needed.append(p)
     fds = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in needed]
     _read_only("/")
+    for m in masks:
+        _mount("tmpfs", m, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for extra, size in (("/tmp", f"size={int(cfg['tmp_mb'])}m"), ("/dev/shm", "size=64m"), ("/var/tmp", "size=64m")):
         if os.path.isdir(extra) and not os.path.islink(extra):
             try:
@@ -178,6 +189,8 @@ def setup_namespaces(cfg: dict) -> None:
         _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
         _read_only(p)
         os.close(fd)
+    for m in masks:
+        _read_only(m)
 
 
 def setup_init(cfg: dict) -> None:
@@ -378,6 +391,8 @@ def kernel_main(cfg: dict, fd: int) -> None:
         os.chdir(work)
         os.environ.clear()
         os.environ.update(env)
+        import tempfile
+        tempfile.tempdir = None                          # the zygote's choice is not this sandbox's
         devnull = os.open(os.devnull, os.O_RDWR)
         for std in (0, 1, 2):
             os.dup2(devnull, std)

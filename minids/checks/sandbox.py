@@ -112,6 +112,18 @@ def essential_paths() -> list[str]:
     return out
 
 
+def home_folders() -> list[str]:
+    """The grader's home (from $HOME and from the password database): masked in the sandbox."""
+    out = []
+    try:
+        import pwd
+        out.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):
+        pass
+    out.append(os.path.expanduser("~"))
+    return [str(Path(p).resolve()) for p in dict.fromkeys(out) if p and os.path.isdir(p)]
+
+
 def hide_list(roots: list[Path], files: list[Path]) -> list[str]:
     """Folders (or, where a folder also holds the interpreter or minids, files) to hide from the
     notebooks: a learner's code must not read another learner's submission."""
@@ -228,7 +240,8 @@ class Zygote:
             private = tempfile.mkdtemp(prefix="minids-nb-")
             base = private
         cfg = {"level": level, "limits": dataclasses.asdict(self.limits), "tmp_mb": self.limits.tmp_mb,
-               "hide": self.hide, "keep": essential_paths(), "base": base, "env": _clean_env(base, token)}
+               "hide": self.hide, "keep": essential_paths(), "mask": home_folders(), "base": base,
+               "env": _clean_env(base, token)}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             socket.send_fds(self.ctl, [json.dumps({"op": "spawn", "config": cfg}).encode()], [theirs.fileno()])

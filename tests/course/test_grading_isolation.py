@@ -68,6 +68,7 @@ def run(tmp_path_factory):
     wall = time.monotonic() - t0
     digest = hashlib.sha256(out.read_bytes()).hexdigest() if out.exists() else None
     time.sleep(6)                               # the lingering process would act 4 s after its notebook
+    assert out.exists(), f"no CSV (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     with open(out, newline="") as f:
         table = {r["learner"]: r for r in csv.DictReader(f)}
     yield {"proc": proc, "table": table, "digest": digest, "out": out, "marker": marker, "home": home,
