@@ -379,6 +379,11 @@ def _snapshot(f: Path) -> tuple[bytes | None, str | None]:
         return None, f"unreadable: {type(e).__name__}"
 
 
+def _cell(text: str) -> str:
+    """A name a student chose (file or folder) never starts a spreadsheet formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_csv(rows: list[dict], path: str | Path, tasks: list[str]) -> None:
     """All at once: a temporary file in the same folder, flushed to disk, then renamed over `path`."""
     path = Path(path)
@@ -388,8 +393,9 @@ def write_csv(rows: list[dict], path: str | Path, tasks: list[str]) -> None:
             w = csv.writer(f)
             w.writerow(["learner", "notebook", "chapter", *tasks, "score", "max", "status", "flags"])
             for r in rows:
-                w.writerow([r["learner"], r["notebook"], r["chapter"] or "", *[r["tasks"].get(t, "") for t in tasks],
-                            r["score"], r["max"], r["status"], "; ".join(r["flags"])])
+                w.writerow([_cell(r["learner"]), _cell(r["notebook"]), r["chapter"] or "",
+                            *[r["tasks"].get(t, "") for t in tasks], r["score"], r["max"], r["status"],
+                            "; ".join(r["flags"])])
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -140,9 +140,10 @@ def _skeleton(node: dict, tensors: dict, kernel, depth: int) -> nn.Module:
     if not name.isidentifier() or len(name) > 100:
         name = "LearnerModule"
     key = (base, name)
-    if key not in _SKELETONS:
-        _SKELETONS[key] = type(name, (base,), {"forward": _remote_forward, "__module__": "learner"})
-    obj = _SKELETONS[key].__new__(_SKELETONS[key])
+    cls = _SKELETONS.get(key) or type(name, (base,), {"forward": _remote_forward, "__module__": "learner"})
+    if len(_SKELETONS) < 1000:
+        _SKELETONS[key] = cls
+    obj = cls.__new__(cls)
     nn.Module.__init__(obj)
     obj.training = bool(node.get("training", True))
     for n, p in dict(node.get("params", {})).items():

@@ -176,3 +176,12 @@ def test_the_csv_is_replaced_in_one_step(tmp_path):
         write_csv([_row("carol"), bad], out, ["rms_norm"])
     assert list(csv.DictReader(open(out)))[0]["learner"] == "alice"   # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["grades.csv"]   # no temporary file left
+
+
+def test_names_chosen_by_students_never_start_a_formula(tmp_path):
+    out = tmp_path / "grades.csv"
+    row = _row('=HYPERLINK("http://x","y")')
+    row["notebook"] = "@SUM(A1).ipynb"
+    write_csv([row], out, ["rms_norm"])
+    (r,) = csv.DictReader(open(out))
+    assert r["learner"] == "'" + row["learner"] and r["notebook"] == "'@SUM(A1).ipynb"
