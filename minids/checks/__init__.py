@@ -38,7 +38,14 @@ from .ch05 import (  # noqa: F401
     check_speculation_numbers,
     check_speculative_decode,
 )
-from .ch06 import check_block_parts, check_equal_flops_width, check_ffn_active_params, check_training_flops_per_token  # noqa: F401
+from .ch06 import (  # noqa: F401
+    check_block_parts,
+    check_equal_compute_numbers,
+    check_equal_flops_experiment,
+    check_equal_flops_width,
+    check_ffn_active_params,
+    check_flops_breakdown,
+)
 from .ch07 import check_implied_mfu, check_kv_cache_gib, check_moe_flops_per_token, check_training_gpu_hours  # noqa: F401
 from .ch08 import check_accumulate_grads, check_mfu, check_rank_slice  # noqa: F401
 from .checking import Checker, CheckFailed  # noqa: F401
