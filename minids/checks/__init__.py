@@ -30,7 +30,15 @@ from .ch03 import (  # noqa: F401
     check_merge_cost,
     check_merge_weights,
 )
-from .ch04 import check_group_mask, check_moe_dispatch, check_topk_gate, check_update_bias  # noqa: F401
+from .ch04 import (  # noqa: F401
+    check_balance_numbers,
+    check_gamma_experiment,
+    check_group_mask,
+    check_moe_dispatch,
+    check_route,
+    check_sequence_balance_loss,
+    check_update_bias,
+)
 from .ch05 import (  # noqa: F401
     check_acceptance_experiment,
     check_mtp_loss,
