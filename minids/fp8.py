@@ -147,9 +147,9 @@ def outlier_activations(tokens: int = 256, channels: int = 1024, n_outliers: int
 
 # ============================================================ accumulation inside an FP8 GEMM
 def _lead_exp(x: torch.Tensor) -> torch.Tensor:
-    """e with 2^e <= |x| < 2^(e+1) (float64; very negative for 0)."""
+    """e with 2^e <= |x| < 2^(e+1) (float64; -1000 for 0, so that 2^(e - bits) stays a normal number)."""
     _, e = torch.frexp(x)
-    return torch.where(x == 0, torch.full_like(x, -1074.0), (e - 1).to(torch.float64))
+    return torch.where(x == 0, torch.full_like(x, -1000.0), (e - 1).to(torch.float64))
 
 
 def _truncate(x: torch.Tensor, e: torch.Tensor, bits: int) -> torch.Tensor:

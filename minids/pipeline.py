@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -386,13 +385,7 @@ def lm_loss(logits, targets):
 SCHEDULES = ("1F1B", "ZBVZeroBubble", "DualPipeV")       # torch.distributed.pipelining names
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, outdir, cfg_dict, schedules, n_micro, batch, seq_len, seed):
+def _worker(rank, world, outdir, cfg_dict, schedules, n_micro, batch, seq_len, seed):
     log = open(Path(outdir) / f"log_{rank}.txt", "w")
     os.dup2(log.fileno(), 1)                # the children's prints and warnings go to a file,
     os.dup2(log.fileno(), 2)                # not into the notebook that started them
@@ -403,7 +396,8 @@ def _worker(rank, world, port, outdir, cfg_dict, schedules, n_micro, batch, seq_
 
     from .config import ModelConfig
     from .model import MiniDeepSeek
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # rendezvous through a file in the run's temporary folder: no TCP port to pick (or to collide on)
+    dist.init_process_group("gloo", init_method=f"file://{Path(outdir) / 'rendezvous'}", rank=rank, world_size=world)
     try:
         cfg = ModelConfig.from_dict(cfg_dict)
         g = torch.Generator().manual_seed(seed + 1)
@@ -481,7 +475,7 @@ class PipelineRun:
 
 
 def run_pipeline(cfg, schedules=SCHEDULES, world: int = 2, n_microbatches: int = 4, batch: int = 8,
-                 seq_len: int = 16, seed: int = 0, timeout_s: float = 120.0) -> dict[str, PipelineRun]:
+                 seq_len: int = 16, seed: int = 0, timeout_s: float = 300.0) -> dict[str, PipelineRun]:
     """Train one step of MiniDeepSeek(cfg) (same init as torch.manual_seed(seed)) under each torch
     pipeline schedule, on `world` CPU processes talking through gloo; the batch is random token ids.
     Returns {schedule: PipelineRun}. 1F1B uses one stage per rank, the V schedules two."""
@@ -492,7 +486,7 @@ def run_pipeline(cfg, schedules=SCHEDULES, world: int = 2, n_microbatches: int =
     if batch % n_microbatches:
         raise ValueError(f"batch={batch} must be divisible by n_microbatches={n_microbatches}")
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_worker, args=(world, _free_port(), outdir, cfg.to_dict(), tuple(schedules),
+        ctx = mp.start_processes(_worker, args=(world, outdir, cfg.to_dict(), tuple(schedules),
                                                 n_microbatches, batch, seq_len, seed),
                                  nprocs=world, join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s

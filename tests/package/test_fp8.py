@@ -95,6 +95,10 @@ def test_accumulator_error_grows_with_k_and_promotion_bounds_it():
                               a.double() @ b.double().t()) < 1e-12  # enough bits: exact
     with pytest.raises(ValueError, match="multiple"):
         fp8.limited_precision_gemm(a, b, promote_every=100)
+    z = torch.zeros(2, 64)                                           # sums that are exactly 0: no NaN
+    assert torch.equal(fp8.limited_precision_gemm(z, z, promote_every=None), torch.zeros(2, 2, dtype=torch.float64))
+    c = torch.tensor([[1.0, -1.0] * 64])                             # cancels to 0 mid-way
+    assert fp8.limited_precision_gemm(c, torch.ones(1, 128)).item() == 0
 
 
 def test_fp8_linear_forward_backward_close_to_fp32():
