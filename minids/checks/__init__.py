@@ -54,6 +54,13 @@ from .ch06 import (  # noqa: F401
     check_ffn_active_params,
     check_flops_breakdown,
 )
-from .ch07 import check_implied_mfu, check_kv_cache_gib, check_moe_flops_per_token, check_training_gpu_hours  # noqa: F401
+from .ch07 import (  # noqa: F401
+    check_economics_numbers,
+    check_implied_mfu,
+    check_kv_cache_gib,
+    check_mfu_experiment,
+    check_moe_flops_per_token,
+    check_training_cost,
+)
 from .ch08 import check_accumulate_grads, check_mfu, check_rank_slice  # noqa: F401
 from .checking import Checker, CheckFailed  # noqa: F401
