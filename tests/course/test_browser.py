@@ -84,7 +84,8 @@ print("ALL CELLS RAN; val loss", round(result.final_val_loss, 1))""",
 
 RMS_NORM_SOLUTION = '''def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x: (..., d), weight: (d,) -> (..., d)"""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    xf = x.double()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.double()).to(x.dtype)
 '''
 
 
@@ -249,7 +250,7 @@ def test_exercise_check_turns_from_not_implemented_to_passed(browser, lab):
     page.keyboard.insert_text(RMS_NORM_SOLUTION)       # plain text: no auto-indent, no auto-brackets
     page.keyboard.press("Shift+Enter")                 # runs it, moves to the check cell
     page.keyboard.press("Shift+Enter")                 # runs the check
-    ok = page.locator(".jp-OutputArea-output", has_text="✅ rms_norm: passed 4/4 tests")
+    ok = page.locator(".jp-OutputArea-output", has_text="✅ rms_norm: passed 6/6 tests")
     ok.first.wait_for(timeout=30_000)
     assert "❌ rms_norm" not in page.locator(".jp-Notebook").inner_text()
     # and on through task 2, still a stub: its check names the problem
