@@ -63,4 +63,14 @@ from .ch07 import (  # noqa: F401
     check_training_cost,
 )
 from .ch08 import check_accumulate_grads, check_mfu, check_rank_slice  # noqa: F401
+from .ch09 import (  # noqa: F401
+    check_accumulator,
+    check_bubbles,
+    check_ib_bytes,
+    check_no_byte_saver,
+    check_optimizer_memory,
+    check_pipeline_idle,
+    check_quantize_tiles,
+    check_tile_experiment,
+)
 from .checking import Checker, CheckFailed  # noqa: F401
