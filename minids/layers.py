@@ -69,6 +69,10 @@ def precompute_freqs_cis(dim: int, end: int, base: float = 10000.0,
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0,x1), (x2,x3), ... of the last dim as complex numbers.
     x: (B, T, H, D), freqs_cis: (T, D/2) -> (B, T, H, D)."""
+    if torch.compiler.is_compiling():             # inductor has no complex kernels: the same product
+        cos, sin = freqs_cis.view(1, x.size(1), 1, -1, 2).unbind(-1)     # in reals (model.freqs_cis)
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2).to(x.dtype)
     # contiguous(): a split view (MLA's q_pe / k_pe) has odd strides when the parts before it are odd
     xc = torch.view_as_complex(x.float().contiguous().reshape(*x.shape[:-1], -1, 2))   # (B, T, H, D/2)
     xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))

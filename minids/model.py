@@ -96,6 +96,8 @@ class MiniDeepSeek(nn.Module):
     @property
     def freqs_cis(self) -> torch.Tensor:
         """The RoPE table e^{i m theta_j}: complex64 (max_position_embeddings, rope_dim / 2)."""
+        if torch.compiler.is_compiling():   # inductor has no complex kernels: (cos, sin) pairs, (.., rope_dim / 2, 2)
+            return self.rope_bits.view(torch.float32).unflatten(-1, (-1, 2))
         return self.rope_bits.view(torch.complex64)
 
     @torch.no_grad()

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import MLP, swiglu
-from .moe_dispatch import dispatch_fast
+from .moe_dispatch import dispatch_fast, expert_counts
 
 
 class Router(nn.Module):
@@ -119,7 +119,7 @@ class MoE(nn.Module):
         B, T, d = x.shape
         flat = x.reshape(-1, d)                                                  # (N, d)
         weights, indices, scores = self.router(flat)                               # (N, K) x2, (N, E)
-        counts = torch.bincount(indices.flatten(), minlength=self.n_experts)    # (E,)
+        counts = expert_counts(indices, self.n_experts)                          # (E,)
         self.last_load = counts.detach()
         if self.training:
             if self.load.device != counts.device:

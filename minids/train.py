@@ -56,8 +56,67 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tc.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = tc.device.startswith("cuda") and not tc.fsdp        # FSDP2's DTensors: foreach path
-    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=fused)
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=use_fused_adamw(tc))
+
+
+def use_fused_adamw(tc: TrainConfig) -> bool:
+    """AdamW's fused kernel (one pass over all parameters) on a GPU, and on the CPU in compiled
+    runs. It agrees with the default (foreach) AdamW to float rounding (~1e-7 relative per step,
+    tests/package/test_compile.py) but not bit for bit, so eager CPU runs keep the default and
+    reproduce the course's stored numbers exactly. FSDP2's DTensors take the foreach path."""
+    return (tc.device.startswith("cuda") or tc.compile) and not tc.fsdp
+
+
+# ------------------------------------------------------------------------------ torch.compile
+def compile_model(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile (inductor) of the model's forward; AOTAutograd compiles its backward with it.
+    On CPU inductor writes C++ kernels (needs a C++ compiler) that fuse the elementwise work of
+    RMSNorm, RoPE, SwiGLU, the residual adds and the loss; the matmuls stay library calls. The
+    model is written so that the training and the eval forward each trace as ONE graph (no graph
+    break; MoE layers dispatch through minids::grouped_mm while compiling)."""
+    return torch.compile(module)
+
+
+def set_mtp_weight(model: MiniDeepSeek, lam: float, compiled: bool) -> None:
+    """Give the model this step's MTP weight lambda (V3 schedules it: 0.3, then 0.1). A compiled
+    graph holds lambda as a constant, so changing it would recompile the training and the eval
+    graph: compiled runs keep the traced value and `step_loss` adds the difference instead. Only a
+    switch to or from 0 (which adds or drops the MTP block's balance loss) is passed on."""
+    if not len(model.mtp):
+        return                                         # no MTP module: lambda is never read
+    if compiled and (lam > 0) == (model.mtp_loss_weight > 0):
+        return
+    model.mtp_loss_weight = lam
+
+
+def step_loss(out, model: MiniDeepSeek, lam: float) -> torch.Tensor:
+    """main + lambda * L_MTP + balance for this step's lambda: out.loss itself unless the compiled
+    graph traced another lambda (then the same loss up to float rounding)."""
+    if out.mtp_loss is None or lam == model.mtp_loss_weight:
+        return out.loss
+    return out.loss + (lam - model.mtp_loss_weight) * out.mtp_loss
+
+
+def warm_up_compiled(fwd_model, model: MiniDeepSeek, x: torch.Tensor, y: torch.Tensor, autocast,
+                     device: str) -> float:
+    """Compile before the clock starts: one training forward + backward and one eval forward on
+    (x, y), then leave no trace (gradients dropped, MoE load counts zeroed, RNG restored).
+    Returns the seconds it took: the compile time, reported apart from the step time."""
+    t = time.perf_counter()
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        with autocast:
+            fwd_model(x, y).loss.backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        with torch.no_grad(), autocast:
+            fwd_model(x, y)
+        model.train()
+    for m in model.moe_layers():
+        m.load.zero_()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -67,8 +126,9 @@ class TrainResult:
     tokenizer: object
     history: list[dict] = field(default_factory=list)     # one dict per logged/evaluated step
     evals: list[dict] = field(default_factory=list)       # {"iter", "train", "val", ...}
-    wall_s: float = 0.0
-    tokens_per_s: float = 0.0
+    wall_s: float = 0.0                # the training loop (evals included), compile_s not included
+    tokens_per_s: float = 0.0          # trained tokens / wall_s
+    compile_s: float = 0.0             # torch.compile's warm-up (tc.compile), before the loop
 
     @property
     def final_val_loss(self) -> float:
@@ -141,16 +201,22 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
         start = restore_train_state(ckpt, model, optimizer, gen, world)
     train_model = distributed.wrap_ddp(model, tc.device, world) if world.size > 1 and not tc.fsdp else model
-    fwd_model = torch.compile(train_model) if tc.compile else train_model   # used for train and eval
+    fwd_model = compile_model(train_model) if tc.compile else train_model   # used for train and eval
     on_gpu = tc.device.startswith("cuda")
     autocast = (torch.autocast("cuda", dtype=getattr(torch, tc.dtype)) if on_gpu and tc.dtype != "float32"
                 else contextlib.nullcontext())
+    compile_s = 0.0
+    if tc.compile and start < tc.max_iters:
+        set_mtp_weight(model, mtp_weight_at(start, tc, model_cfg.mtp_loss_weight), compiled=False)
+        xw, yw = get_batch(dataset.val, tc.batch_size, tc.block_size, torch.Generator().manual_seed(tc.seed + 1),
+                           tc.device, world.rank, world.size)
+        compile_s = warm_up_compiled(fwd_model, model, xw, yw, autocast, tc.device)
     tokens_per_iter = tc.batch_size * tc.block_size * tc.grad_accum_steps * world.size
     fpt, peak = flops_per_token(model_cfg, tc.block_size), _device_peak(tc)
     if tc.out_dir and world.is_main:
         Path(tc.out_dir).mkdir(parents=True, exist_ok=True)
     metrics = open(Path(tc.out_dir) / "metrics.jsonl", "a") if tc.out_dir and world.is_main else None
-    result = TrainResult(model, dataset.tokenizer)
+    result = TrainResult(model, dataset.tokenizer, compile_s=compile_s)
     meta = {"train_config": dataclasses.asdict(tc), "tokenizer": dataset.tokenizer.state()}
 
     def log(rec):
@@ -169,13 +235,15 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
         lr = lr_at(it, tc)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        model.mtp_loss_weight = mtp_weight_at(it, tc, model_cfg.mtp_loss_weight)
+        lam = mtp_weight_at(it, tc, model_cfg.mtp_loss_weight)
+        set_mtp_weight(model, lam, tc.compile)
         for micro in range(tc.grad_accum_steps):
             x, y = get_batch(dataset.train, tc.batch_size, tc.block_size, gen, tc.device,
                              world.rank, world.size)                # this rank's slice
             with distributed.grad_sync(train_model, micro == tc.grad_accum_steps - 1):
                 with autocast:
                     out = fwd_model(x, y)
+                out.loss = step_loss(out, model, lam)
                 (out.loss / tc.grad_accum_steps).backward()
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                      if tc.grad_clip > 0 else None)

@@ -117,7 +117,7 @@ def _grads(module, x, y):
                                retain_graph=True)
 
 
-BACKENDS = ["auto", "bmm", "slices"]
+BACKENDS = ["auto", "bmm", "slices", "grouped"]
 
 
 @pytest.mark.parametrize("E,K,n_group,topk_group", [(8, 2, 1, 1), (16, 4, 4, 2), (6, 1, 1, 1)])
