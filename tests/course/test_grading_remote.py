@@ -3,6 +3,7 @@ run in the notebook's sandbox and return plain data; values, in-place updates, c
 the check, returned modules, errors, timeouts and hostile answers."""
 
 import json
+import os
 import struct
 from textwrap import dedent
 
@@ -321,3 +322,26 @@ def test_basic_isolation_sweeps_detached_processes(tmp_path):
     import time
     time.sleep(4)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_graders_home_folder_is_masked(zygote):
+    """Only what the kernel needs (the interpreter, minids) is visible under the grader's home."""
+    import pwd
+    from pathlib import Path
+
+    from minids.checks.sandbox import essential_paths
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir).resolve()
+    allowed = {Path(p).relative_to(home).parts[0] for p in essential_paths()
+               if Path(p).is_relative_to(home) and Path(p) != home}
+    k = zygote.spawn()
+    try:
+        if k.level != "namespaces":
+            pytest.skip("needs namespace isolation")
+        if home == Path("/") or any(Path(p) == home or home.is_relative_to(p) for p in essential_paths()):
+            pytest.skip("the grader's home holds the interpreter or minids itself")
+        cell = f"import os\nassert set(os.listdir({str(home)!r})) <= {allowed!r}, os.listdir({str(home)!r})"
+        assert k.run_cell(cell, 20) == "ok"
+        assert k.run_cell(f"open({str(home / 'x')!r}, 'w')", 20) == "error:OSError"
+    finally:
+        k.close()
