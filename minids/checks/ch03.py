@@ -75,7 +75,9 @@ def check_merge_weights(merge_weights) -> None:
                  "on the left, c_KV on the right"),
             ]
             ov_mistakes = [(wo.double().reshape(d, v, H).permute(2, 0, 1) @ w_uv, "the columns of wo come head by "
-                            "head: head h owns columns h*v .. (h+1)*v - 1, i.e. wo.view(hidden, n_heads, v)[:, h]")]
+                            "head: head h owns columns h*v .. (h+1)*v - 1, i.e. wo.view(hidden, n_heads, v)[:, h]"),
+                           (wo.double().reshape(H, d, v) @ w_uv, "wo is (hidden, n_heads * v): a head owns COLUMNS; "
+                            "view it as (hidden, n_heads, v), not (n_heads, hidden, v)")]
             if nope == v:                             # the key and value rows of wkv_b swapped
                 qk_mistakes.append((w_uq.transpose(1, 2) @ w_kv[:, nope:], "W^UK is the FIRST nope rows of each "
                                     "head's block of wkv_b (W^UV the last v rows)"))

@@ -180,7 +180,9 @@ def check_update_bias(update_bias) -> None:
             mean = ld.mean(-1, keepdim=True)
             exp = (bias.double() + gamma * torch.sign(mean - ld)).float()
             got = c.call(update_bias, bias, load, gamma,
-                         hint="take the mean over the experts with keepdim=True: mean(-1, keepdim=True)")
+                         hint="take the mean over the experts with keepdim=True: mean(-1, keepdim=True)",
+                         error_hints={"could not infer output dtype": "load holds integer token counts: convert it "
+                                                                      "to a float dtype before taking its mean"})
             mistakes = [
                 ((bias.double() - gamma * torch.sign(mean - ld)).float(),
                  "the sign is reversed: an OVERloaded expert's bias must go DOWN"),
@@ -246,6 +248,7 @@ def check_sequence_balance_loss(sequence_balance_loss) -> None:
                          (_balance(scores, indices, alpha, f_scale=False).item(), "f_i counts the token-slots of "
                           "expert i times E / (K T) (eq 18): 1 when every expert gets its fair share"),
                          (_balance(scores, indices, 1.0).item(), "multiply by alpha"),
+                         (B * exp.item(), "average the B sequences' losses (the mean), don't add them up"),
                      ])
 
 

@@ -319,10 +319,11 @@ class Checker:
 
     # -------------------------------------------------------------- calling the learner
     def call(self, fn, *args, hint: str | None = None, forbidden: Iterable[str] = (), watch: Watch | None = None,
-             **kwargs):
+             error_hints: dict[str, str] | None = None, **kwargs):
         """fn(*args, **kwargs) on deep copies of the arguments; the result must be plain data.
-        A shape-like RuntimeError names `hint` as the likely mistake. With `watch` (a Watch()),
-        the call's tensor operations are counted (watch.ops, watch.peak_bytes)."""
+        A shape-like RuntimeError names `hint` as the likely mistake; `error_hints` maps other
+        error-message fragments to hints. With `watch` (a Watch()), the call's tensor operations
+        are counted (watch.ops, watch.peak_bytes)."""
         if fn is None:
             raise NotAnswered("not implemented yet")
         if not callable(fn):
@@ -332,8 +333,11 @@ class Checker:
         try:
             with forbid(forbidden), (watch if watch is not None else contextlib.nullcontext()):
                 out = fn(*args, **kwargs)
-        except RuntimeError as e:
-            if hint and any(s in str(e) for s in _SHAPE_ERRORS):
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            for fragment, why in (error_hints or {}).items():
+                if fragment in str(e):
+                    raise CheckFailed(f"your code raised {type(e).__name__}: {e}\n    likely mistake: {why}") from None
+            if hint and isinstance(e, RuntimeError) and any(s in str(e) for s in _SHAPE_ERRORS):
                 raise CheckFailed(f"your code raised RuntimeError: {e}\n    likely mistake: {hint}") from None
             raise
         if not _is_plain(out):

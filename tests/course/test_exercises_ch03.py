@@ -82,6 +82,9 @@ CASES = {
     "merge_weights": (check_merge_weights, [
         Wrong(lambda *a: _merge(*a, flat_q=True), named="head by head, [W^UQ_h; W^QR_h]"),
         Wrong(lambda *a: _merge(*a, wo_rows=True), named="columns of wo"),
+        Wrong(lambda wq_b, wkv_b, wo, H, nope, rope, v: (
+            _merge(wq_b, wkv_b, wo, H, nope, rope, v)[0],
+            wo.reshape(H, -1, v) @ wkv_b.reshape(H, nope + v, -1)[:, nope:]), named="a head owns COLUMNS"),
         lambda *a: _merge(*a, transpose_qk=True),
         lambda *a: tuple(t.double() for t in _merge(*a)),                          # dtype contract
     ], [_merge_loops, lambda *a: [t.numpy() for t in _merge(*[x.contiguous() if torch.is_tensor(x) else x

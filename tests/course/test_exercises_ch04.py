@@ -183,11 +183,13 @@ CASES = {
         Wrong(_update("ties_down"), named="sign(0) = 0"),
         Wrong(_update("proportional"), named="fixed step"),
         lambda b, ld, g: b + g * torch.sign(ld.double().mean(-1, keepdim=True) - ld),   # float64 out
-        lambda b, ld, g: b + g * torch.sign(ld.mean(-1, keepdim=True) - ld),            # int loads: mean fails
+        Wrong(lambda b, ld, g: b + g * torch.sign(ld.mean(-1, keepdim=True) - ld),     # int loads: mean fails
+              named="integer token counts"),
     ], [_update_inplace]),
     "sequence_balance_loss": (check_sequence_balance_loss, [
         Wrong(_balance_batchwise, named="SEQUENCE-wise"),
         Wrong(_balance_no_norm, named="normalise each token's scores"),
+        Wrong(lambda s, i, a: SOL["sequence_balance_loss"](s, i, a) * s.size(0), named="don't add them up"),
         Wrong(lambda s, i, a: SOL["sequence_balance_loss"](s, i, 1.0), named="alpha"),
         lambda s, i, a: sequence_balance_loss(s, i, a),                                 # forbidden
     ], [_balance_loops, lambda s, i, a: np.float64(SOL["sequence_balance_loss"](s, i, a).item())]),
