@@ -24,7 +24,23 @@ FORBIDDEN = {
 POINTS = {"quantize_tiles": 2, "pipeline_idle": 3, "ib_bytes": 2, "optimizer_memory": 2, "bubbles": 1,
           "accumulator": 1, "no_byte_saver": 1, "tile_experiment": 2}
 NOT_MUTATED = {"tile_experiment": "an experiment: its check is tested on recorded and made-up measurements instead"}
-EQUIVALENT_MUTANTS: dict = {}
+# Reviewed equivalent mutants of the solutions (python -m minids mutation -v 09 lists the survivors).
+_DIVISIBLE = "valid layouts have gpus divisible by pp * ep: / and // give the same number of GPUs"
+EQUIVALENT_MUTANTS = {
+    "quantize_tiles": {"`448.0` -> `896.0` #2": "x / scale never exceeds 448 (the scale maps max|x| to 448): the clamp "
+                                               "is a no-op either way",
+                       "`448.0` -> `896.0` #3": "as #2, for the upper bound"},
+    "pipeline_idle": {"`False` -> `True`": "only the deadlock guard reads `moved`; the task's orders never deadlock",
+                      "delete `if not moved: raise ValueError('deadlock: no rank can run its next ...`":
+                          "the guard only fires on a deadlock, which valid orders never have"},
+    "ib_bytes": {"`torch.as_tensor(indices).long()` -> `torch.as_tensor(indices)`": "// works on any integer dtype",
+                 "`hidden * 1` -> `hidden / 1`": "the same number as a float (a whole number is accepted as a float)",
+                 "`hidden * 1` -> `hidden`": "multiplying by 1"},
+    "optimizer_memory": {"`copies * gpus // pp` -> `copies * gpus / pp`": _DIVISIBLE,
+                         "`copies * gpus // (pp * ep)` -> `copies * gpus / (pp * ep)`": _DIVISIBLE},
+    "bubbles": {"`2 * 2` -> `2 + 2`": "2 * 2 == 2 + 2", "`8 // 2` -> `8 / 2`": "4 == 4.0",
+                "`8` -> `9`": "9 // 2 - 1 == 8 // 2 - 1"},
+}
 
 
 # ------------------------------------------------------------------------------- 1. FP8 tiles
@@ -188,8 +204,8 @@ def check_ib_bytes(ib_bytes) -> None:
                  (torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]]), 32, 7168, "one token, 8 experts on one node"),
                  (torch.tensor([[0, 32, 64, 96, 128, 160, 192, 224]]), 32, 7168, "one token, 8 nodes"),
                  (torch.randint(0, 16, (10, 2), generator=g).int(), 4, 256, "int32 ids, hidden 256"),
-                 (torch.randint(0, 8, (7, 3), generator=g).numpy(), 1, 200, "NumPy ids, one expert per node, "
-                                                                                "hidden 200"),
+                 (torch.randint(0, 8, (7, 3), generator=g).numpy(), 1, 129, "NumPy ids, one expert per node, "
+                                                                                "hidden 129 (2 scales)"),
                  (torch.randint(0, 64, (4, 16), generator=g).t(), 16, 384, "non-contiguous (16, 4)")]
         for idx, per_node, hidden, label in cases:
             N, K = tuple(idx.shape)
@@ -239,7 +255,8 @@ def check_optimizer_memory(optimizer_memory) -> None:
                                                    (665.18e9, 17.45e9, 16, 64, 2048, False),
                                                    (665.18e9, 17.45e9, 8, 32, 1024, True),
                                                    (1.2e9, 3.0e8, 4, 8, 64, False),
-                                                   (6e9, 1e9, 2, 2, 8, True)]:
+                                                   (6e9, 1e9, 2, 2, 8, True),
+                                                   (3001.0, 1003.0, 4, 2, 16, False)]:     # fractional shares
             what = f"routed {routed / 1e9:g}B, other {other / 1e9:g}B, PP {pp}, EP {ep}, {gpus} GPUs, DualPipe {dual}"
             got = c.call(optimizer_memory, routed, other, pp, ep, gpus, dual, forbidden=FORBIDDEN["optimizer_memory"])
             c.keys(got, ["weights", "gradients", "optimizer"], what)

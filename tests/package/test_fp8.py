@@ -132,3 +132,10 @@ def test_to_fp8_training_keeps_head_router_and_embedding():
     out.loss.backward()
     assert abs(out.main_loss.item() - out_ref.main_loss.item()) / out_ref.main_loss.item() < 0.02
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # the MoE really sends its tokens through the FP8 experts
+    calls = []
+    bank = next(m for m in model.modules() if isinstance(m, fp8.FP8Experts))
+    original = bank.expert
+    bank.expert = lambda e, h: calls.append(e) or original(e, h)
+    model(x)
+    assert calls
