@@ -133,9 +133,9 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
 def outlier_activations(tokens: int = 256, channels: int = 1024, n_outliers: int = 4, magnitude: float = 1e4,
                         seed: int = 0) -> torch.Tensor:
     """Activations with the outliers LLMs are known for: standard-normal values in most channels
-    and a few "massive" entries (V3 cites Sun et al. 2024, arXiv 2402.17762, who find single
-    activations about 10,000 times the median): in `n_outliers` fixed channels, every 8th token
-    carries a value of about +-`magnitude`. (tokens, channels) float32, reproducible from `seed`."""
+    and a few "massive" entries (V3 cites Sun et al. 2024, arXiv 2402.17762, who report single
+    activations up to ~100,000 times larger than the others): in `n_outliers` fixed channels, every
+    8th token carries a value of about +-`magnitude`. (tokens, channels) float32, reproducible from `seed`."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, channels, generator=g)
     cols = torch.randperm(channels, generator=g)[:n_outliers]
