@@ -18,8 +18,8 @@ The three MLA rows are ONE model (the same weights) run in three modes: the same
 three cache layouts. MLA's cache shrinks against the expanded one by
 H (d_h + d_R + d_v) / (d_c + d_R) = 17.8x here (71x for V3's 128 heads).
 
-For each batch size and context, every model gets a cache filled with `context` random
-positions (decoding speed does not depend on the cached values, and a real prefill of 8 x 8K
+For each batch size and context, every model gets a cache filled with `context` positions of
+random values (decoding speed does not depend on the cached values, and a real prefill of 8 x 8K
 tokens would take longer than the whole benchmark on one thread), then decodes `--steps` tokens
 one at a time (a run stops early after `--max-seconds`, with at least one step). Tokens/s =
 batch x steps / time, the best of `--repeats` runs, the models timed round robin so that
@@ -65,6 +65,33 @@ def cache_values_per_token(cfg: ModelConfig) -> int:
     return mla_cache_values_per_token(cfg) if cfg.is_mla else kv_cache_values_per_token(cfg)
 
 
+def attention_decode_cost(cfg: ModelConfig, context: int, mode: str | None = None,
+                          bytes_per_value: int = 2) -> dict[str, int]:
+    """FLOPs and cache bytes read when ONE new token of ONE sequence attends, in ONE layer, to
+    `context` cached positions: the scores and the weighted sum, plus what the layout adds
+    (absorb: the two absorbed projections, W^UK into the query and W^UV after attending, once
+    per token; reexpand: expanding the whole cache through W^UKV). The projections every layout
+    shares (queries, c_KV, k_R, W^O) are left out. `mode` defaults to cfg.mla_mode."""
+    S = context
+    if not cfg.is_mla:                                   # MHA / GQA / MQA
+        H, n_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        macs, values = 2 * H * S * D, 2 * n_kv * S * D
+    else:
+        H, r, n, R, v = (cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_nope_head_dim,
+                         cfg.qk_rope_head_dim, cfg.v_head_dim)
+        mode = cfg.mla_mode if mode is None else mode
+        attend = H * S * (n + R) + H * S * v             # q.k over n + R dims, then a.v over v
+        if mode == "naive":
+            macs, values = attend, S * H * (n + R + v)
+        elif mode == "absorb":                           # q~ = W^UK^T q_C; q~.c + q_R.k_R; W^UV (sum a c)
+            macs, values = H * n * r + H * S * (r + R) + H * S * r + H * r * v, S * (r + R)
+        elif mode == "reexpand":
+            macs, values = S * r * H * (n + v) + attend, S * (r + R)
+        else:
+            raise ValueError(f"mode={mode!r} must be 'naive', 'absorb' or 'reexpand'")
+    return {"flops": 2 * macs, "bytes": values * bytes_per_value}
+
+
 def build_models(cfgs: dict[str, ModelConfig]) -> dict[str, MiniDeepSeek]:
     """One model per attention; the MLA modes share one set of weights (the same function)."""
     torch.manual_seed(0)
@@ -88,8 +115,10 @@ def fill_cache(model: MiniDeepSeek, batch: int, context: int, room: int) -> list
     cache = model.new_cache(context + room)
     model(torch.zeros(batch, 1, dtype=torch.long), cache=cache)          # allocates the layout
     g = torch.Generator().manual_seed(0)
-    for c in cache[:model.config.num_hidden_layers]:
-        c.update(0, **{k: torch.randn(batch, context, *b.shape[2:], generator=g) for k, b in c.buffers.items()})
+    for c in cache[:model.config.num_hidden_layers]:          # 64 random positions, tiled (fast)
+        c.update(0, **{k: torch.randn(batch, 64, *b.shape[2:], generator=g).repeat(1, -(-context // 64),
+                                                                                     *[1] * (b.dim() - 2))[:, :context]
+                       for k, b in c.buffers.items()})
     return cache
 
 

@@ -277,6 +277,21 @@ def test_bench_decode_counts_the_cache_exactly(capsys):
     assert "absorb / naive" in out and "0.450" in out                 # 36 / 80 values: the cache ratio
 
 
+def test_decode_cost_model_for_deepseek_v3():
+    """Per new token, layer and sequence at 32K context, bf16: naive reads 71x the bytes that
+    absorb reads, absorb does 3.4x naive's FLOPs; reexpand re-expands 32K latents per step."""
+    from minids.benchmarks.decode import attention_decode_cost
+    v3, S = get_preset("deepseek-v3"), 32768
+    naive, absorb = attention_decode_cost(v3, S, "naive"), attention_decode_cost(v3, S, "absorb")
+    assert naive == {"flops": 2 * 128 * S * 320, "bytes": S * 40_960 * 2}
+    assert absorb == {"flops": 2 * (128 * 128 * 512 * 2 + 128 * S * (576 + 512)), "bytes": S * 576 * 2}
+    assert naive["bytes"] / absorb["bytes"] == pytest.approx(40_960 / 576)
+    assert 3.3 < absorb["flops"] / naive["flops"] < 3.5
+    assert attention_decode_cost(v3, S, "reexpand")["flops"] == naive["flops"] + 2 * S * 512 * 128 * 256
+    mha = get_preset("deepseek-v3", kv_lora_rank=0, head_dim=128)
+    assert attention_decode_cost(mha, S) == {"flops": 4 * 128 * S * 128, "bytes": 2 * 128 * S * 128 * 2}
+
+
 def test_causal_mask_with_a_prefix():
     m = causal_mask(3, 5, "cpu")                          # 3 new queries after 2 cached keys
     assert m.tolist() == [[True, True, True, False, False],
