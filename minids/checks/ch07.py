@@ -15,7 +15,9 @@ from .checking import Checker, CheckFailed, as_tensor
 _PACKAGE = ["minids.flops", "minids.cost", "minids.flops.flops_per_token", "minids.flops.matmul_params_per_token",
             "minids.flops.ffn_params", "minids.flops.param_count", "minids.flops.flops_6nd",
             "minids.flops.training_flops", "minids.flops.kv_cache_values_per_token", "minids.flops.kv_cache_bytes",
-            "minids.cost.gpu_hours", "minids.cost.dollar_cost", "minids.cost.implied_mfu", "minids.cost.cost_table"]
+            "minids.cost.dollar_cost", "minids.cost.implied_mfu", "minids.cost.cost_table"]
+# (not "minids.cost.gpu_hours" by name: the grader's source scan flags any name equal to a listed function's,
+# and gpu_hours is a parameter of the MFU task; the module entry "minids.cost" still covers it)
 FORBIDDEN = {"moe_flops_per_token": _PACKAGE, "training_cost": _PACKAGE, "implied_mfu": _PACKAGE,
              "kv_cache_gib": _PACKAGE}
 POINTS = {"moe_flops_per_token": 1, "training_cost": 1, "implied_mfu": 1, "kv_cache_gib": 1,
