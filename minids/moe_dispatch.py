@@ -4,11 +4,14 @@ over the experts (tests hold the two equal to 1e-6 in float32, outputs and gradi
 Sort the (token, expert) pairs by expert once, lay the tokens out in one buffer whose rows are
 grouped by expert (`expert_layout`), run every expert on its rows with batched matmuls
 (`grouped_linear`), then add each row, times its gate weight, back into its token.
-Backends for the batched matmuls:
-  "bmm"         every expert padded to the busiest one's rows, one torch.bmm (the CPU default)
+Backends for the batched matmuls (`auto` picks, in this order, where they apply):
+  "grouped_mm"  torch._grouped_mm: every expert's exact rows in one call, no padding, no host sync.
+                On a Hopper-class (or newer) GPU in bf16, and eagerly on CPUs whose torch build runs
+                it (2.13 does, fp32 too) when rows are 16-byte multiples; if it raises, the call
+                warns and uses bmm/slices instead
+  "grouped"     (while compiling, see below)
+  "bmm"         every expert padded to the busiest one's rows, one torch.bmm
   "slices"      one matmul per expert on its exact rows (when padding would waste more than it saves)
-  "grouped_mm"  torch._grouped_mm, on a Hopper-class (or newer) GPU computing in bf16; if it raises
-                (a GPU or build without its kernels), the call warns and uses bmm/slices instead
   "grouped"     the custom op minids::grouped_mm: each expert's exact rows through torch.mm into
                 one output buffer, with its own backward. Its shapes never depend on the routing,
                 so torch.compile traces the whole MoE layer in one graph (no graph break) and
@@ -17,6 +20,7 @@ Backends for the batched matmuls:
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -27,7 +31,7 @@ from .layers import swiglu
 # bmm pads every expert to the busiest one's load. Measured on CPU (1 thread, d=128): bmm beats
 # per-expert slices while the padded rows stay below ~2x the real ones (benchmarks/moe.py).
 PAD_LIMIT = 2.0
-GROUPED_MM_ALIGN = 16          # rows per group rounded up to this for _grouped_mm's kernels
+GROUPED_MM_ALIGN = 16          # rows per group rounded up to this for _grouped_mm's CUDA kernels
 BACKENDS = ("bmm", "slices", "grouped_mm", "grouped")
 
 
@@ -137,10 +141,29 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def grouped_mm_usable(x: torch.Tensor, inter_dim: int) -> bool:
-    """On a Hopper-class (or newer) GPU, computing in bf16, rows a multiple of 16 bytes long (the
-    alignment rule of _grouped_mm's kernels)."""
-    return (x.is_cuda and _compute_dtype(x) == torch.bfloat16 and x.size(-1) % 8 == 0
-            and inter_dim % 8 == 0 and torch.cuda.get_device_capability(x.device) >= (9, 0))
+    """torch._grouped_mm applies: on a Hopper-class (or newer) GPU computing in bf16, or eagerly on
+    the CPU where this torch build runs it (fp32 too); rows a multiple of 16 bytes long either way
+    (the alignment rule of its kernels: d and the expert width I times the element size)."""
+    if x.is_cuda:
+        return (_compute_dtype(x) == torch.bfloat16 and x.size(-1) % 8 == 0 and inter_dim % 8 == 0
+                and torch.cuda.get_device_capability(x.device) >= (9, 0))
+    row_bytes = x.element_size()
+    return (x.device.type == "cpu" and not torch.compiler.is_compiling()   # its CPU meta kernel wants bf16
+            and x.size(-1) * row_bytes % 16 == 0 and inter_dim * row_bytes % 16 == 0
+            and _cpu_grouped_mm_works(x.dtype))
+
+
+@functools.cache
+def _cpu_grouped_mm_works(dtype: torch.dtype) -> bool:
+    """Whether this torch build runs _grouped_mm on the CPU (newer builds do; measured on 2.13:
+    faster than bmm at mini-v3's shape, no padding, no host sync; benchmarks/moe.py)."""
+    try:
+        x, w = torch.ones(4, 4, dtype=dtype, requires_grad=True), torch.ones(2, 4, 4, dtype=dtype)
+        y = torch._grouped_mm(x, w, offs=torch.tensor([2, 4], dtype=torch.int32))
+        y.backward(torch.ones(4, 4, dtype=dtype))       # (a stride-0 gradient, as from y.sum(), is refused)
+        return bool(torch.allclose(y.detach().float(), torch.full((4, 4), 4.0)))
+    except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+        return False
 
 
 def padded_backend(counts: torch.Tensor) -> str:
@@ -207,7 +230,7 @@ def dispatch_fast(experts, x: torch.Tensor, weights: torch.Tensor, indices: torc
         raise ValueError(f"backend={backend!r} must be 'auto' or one of {BACKENDS}")
     capacity = (int(counts.max()) if N else 0) if backend == "bmm" else None
     row, src, sizes = expert_layout(indices, counts, capacity,
-                                    GROUPED_MM_ALIGN if backend == "grouped_mm" else 1)
+                                    GROUPED_MM_ALIGN if backend == "grouped_mm" and x.is_cuda else 1)
     x_rows, w_rows = gather_rows(x, weights, row, src)           # (R, d), (R,)
     W1, W2 = experts.gate_up_proj, experts.down_proj
     if backend == "grouped_mm":

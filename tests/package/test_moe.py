@@ -17,7 +17,7 @@ from minids.moe import (
     max_violation,
     sequence_balance_loss,
 )
-from minids.moe_dispatch import choose_backend
+from minids.moe_dispatch import choose_backend, grouped_mm_usable, padded_backend
 
 
 def moe_cfg(**kw):
@@ -167,9 +167,15 @@ def test_moe_module_fast_equals_loop():
 
 
 def test_auto_backend_avoids_padding_when_load_is_skewed():
+    assert padded_backend(torch.tensor([10, 10, 9, 11])) == "bmm"
+    assert padded_backend(torch.tensor([37, 1, 1, 1])) == "slices"
     x = torch.randn(4, 8)
-    assert choose_backend(x, torch.tensor([10, 10, 9, 11])) == "bmm"
-    assert choose_backend(x, torch.tensor([37, 1, 1, 1])) == "slices"
+    if grouped_mm_usable(x, 8):             # this torch runs _grouped_mm on the CPU: exact rows, no padding
+        assert choose_backend(x, torch.tensor([37, 1, 1, 1]), 8) == "grouped_mm"
+    else:
+        assert choose_backend(x, torch.tensor([37, 1, 1, 1]), 8) == "slices"
+    # rows that are not 16-byte multiples (fp32 width 7, as mini-v3's experts of 77) never take it
+    assert choose_backend(torch.randn(4, 7), torch.tensor([10, 10, 9, 11]), 7) == "bmm"
 
 
 def test_bad_backend_is_a_value_error():
