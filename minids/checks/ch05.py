@@ -134,7 +134,7 @@ def _loss_cases() -> list[tuple]:
     out = []
     for n, (D, lam, B, T, seed, mla) in enumerate([(1, 0.3, 2, 8, 0, False), (2, 0.1, 1, 9, 1, False),
                                                    (3, 1.0, 2, 6, 2, True), (2, 0.5, 3, 3, 3, False),
-                                                   (3, 0.3, 1, 4, 4, False)]):
+                                                   (3, 0.3, 1, 4, 4, False), (1, 0.2, 1, 2, 5, True)]):
         model = _mtp_model(D, lam, seed, mla)
         V = model.config.vocab_size
         seq = torch.randint(0, V, (B, T + 1), generator=g)
