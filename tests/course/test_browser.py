@@ -1,26 +1,36 @@
-"""The course in a real browser: JupyterLab served on localhost, driven by headless Chromium.
+"""The course in a real browser: JupyterLab served on localhost, driven by headless Chromium, and the
+lecture slides served by a local web server.
 
 What a learner sees is not what nbval sees: nbval compares stored outputs, but a figure, a widget
-or a progress bar can still fail to *render* in JupyterLab (a missing lab extension, a comm that
-never answers). These tests open notebooks in JupyterLab exactly as a learner would, run all
-cells, and look at the page: a matplotlib <img>, a slider whose change updates a dependent widget
-through the kernel, a tqdm progress widget, and an exercise's check cell turning from ❌ "not
-implemented yet" to ✅ once a correct function is typed in.
+or an equation can still fail to *render* in JupyterLab (a missing lab extension, a comm that never
+answers, math left as source). These tests open REAL course notebooks exactly as a learner would:
+chapter 07 run from top to bottom (its plots, and the cost calculator, whose label is recomputed in
+the kernel when a slider moves), chapters 02 and 05 with their stored outputs (architecture diagrams
+drawn by `minids.diagrams`, equations typeset by MathJax), and an exercise whose check cell turns
+from ❌ "not implemented yet" to ✅ once a correct function is typed in. A deck built by
+`python -m minids.slides` (what `make slides` runs) is opened with every request watched: nothing
+may be fetched from outside the machine.
 
 Needs Debian's `chromium` (`apt-get install chromium`) and the `playwright` Python package (the
 [dev] extra). The system browser is used; nothing is ever downloaded (never `playwright
-install`). Skipped, with the reason, when either is missing. Screenshots go to a temporary folder
-(and also to $MINIDS_SCREENSHOTS when set: that is how docs/screenshots/ was made).
+install`). Skipped, with the reason, when either is missing. The slides test also needs the local
+reveal.js/MathJax copy that `make slides` installs from the npm registry (it runs that step itself
+when npm is there). Screenshots go to a temporary folder (and also to $MINIDS_SCREENSHOTS when set:
+that is how docs/screenshots/ was made).
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -33,8 +43,13 @@ CHROMIUM = Path(os.environ.get("MINIDS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 TOKEN = "minids-browser-test"
+LESSONS = ["02_kv_cache_gqa.ipynb", "03_mla.ipynb", "05_mtp.ipynb", "07_economics.ipynb"]
+RUN_LESSON = "07_economics.ipynb"                     # run top to bottom in the browser (~20 s of kernel time)
+SLIDE_LESSONS = ["00_orientation.ipynb", "01_gpt_baseline.ipynb", "02_kv_cache_gqa.ipynb", "03_mla.ipynb",
+                 "04_moe.ipynb", "05_mtp.ipynb", "06_mini_deepseek_v3.ipynb", "07_economics.ipynb",
+                 "08_scaling_up.ipynb", "A1_hf_conformance.ipynb"]     # a new chapter joins this list
 
-pytestmark = [
+needs_browser = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(),
                        reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium` (Debian) to run the "
@@ -44,43 +59,12 @@ pytestmark = [
                               "(never `playwright install`: the system Chromium is used)"),
 ]
 
-# A purpose-made lesson: the three kinds of rich output the lessons use, in seconds instead of the
-# minutes a real lesson trains for. The callback is a plain function, as in the lessons.
-DEMO_CELLS = [
-    """import ipywidgets as widgets
-import matplotlib.pyplot as plt
-import torch
 
-from minids.config import TrainConfig, get_preset
-from minids.generate import filtered_probs
-from minids.train import train
+def browser_test(f):
+    for mark in needs_browser:
+        f = mark(f)
+    return f
 
-torch.set_num_threads(1)   # one thread: deterministic outputs, and tiny ops run faster
-_ = torch.manual_seed(0)""",
-    """logits = torch.randn(8, 20, generator=torch.Generator().manual_seed(0)) * 2
-
-def entropy(temperature):
-    p = filtered_probs(logits, temperature)
-    return -(p * p.clamp_min(1e-12).log()).sum(-1).mean().item()
-
-temps = [0.1 * i for i in range(1, 31)]
-fig, ax = plt.subplots(figsize=(5, 2.4))
-ax.plot(temps, [entropy(t) for t in temps])
-ax.set_xlabel("temperature"); ax.set_ylabel("entropy (nats)"); ax.set_title("sampling entropy")
-plt.show()""",
-    """def describe(t):
-    return f"entropy at temperature {t:.2f}: {entropy(t):.3f} nats"
-
-slider = widgets.FloatSlider(value=0.8, min=0.1, max=2.0, step=0.1, description="temperature",
-                             style={"description_width": "initial"})
-label = widgets.HTML(value=describe(0.8))
-slider.observe(lambda change: setattr(label, "value", describe(change["new"])), names="value")
-widgets.VBox([slider, label])""",
-    """tc = TrainConfig(batch_size=4, block_size=32, max_iters=20, warmup_iters=2, eval_interval=20,
-                 eval_iters=2, num_threads=1, seed=0)
-result = train(get_preset("baseline"), tc)      # minids' own loop and its tqdm.auto bar
-print("ALL CELLS RAN; val loss", round(result.final_val_loss, 1))""",
-]
 
 RMS_NORM_SOLUTION = '''def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x: (..., d), weight: (d,) -> (..., d)"""
@@ -89,15 +73,11 @@ RMS_NORM_SOLUTION = '''def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: 
 '''
 
 
-def _entropy_text(t: float) -> str:
-    """What the demo's label shows for temperature t, computed here independently of the browser."""
-    import torch
-
-    from minids.generate import filtered_probs
-
-    logits = torch.randn(8, 20, generator=torch.Generator().manual_seed(0)) * 2
-    p = filtered_probs(logits, t)
-    return f"entropy at temperature {t:.2f}: {-(p * p.clamp_min(1e-12).log()).sum(-1).mean().item():.3f} nats"
+def _calculator_numbers(text: str) -> tuple[float, float, float]:
+    """(FLOPs, GPU-hours, dollars) from the label of chapter 07's cost calculator."""
+    m = re.fullmatch(r"([\d.e+]+) FLOPs -> ([\d,]+)K \S+ GPU-hours -> \$([\d,.]+)M", text.strip())
+    assert m, text
+    return float(m[1]), float(m[2].replace(",", "")) * 1e3, float(m[3].replace(",", "")) * 1e6
 
 
 def _free_port() -> int:
@@ -113,11 +93,16 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("lab")
     root, home = base / "root", base / "jupyter"
     root.mkdir()
-    demo = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in DEMO_CELLS])
-    demo.cells.insert(0, nbformat.v4.new_markdown_cell("# Browser check: figure, widget, progress bar"))
-    demo.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(demo, root / "demo.ipynb")
+    for name in LESSONS:                               # real lessons, with their stored outputs ...
+        shutil.copy(ROOT / "notebooks" / name, root / name)
     shutil.copy(ROOT / "exercises" / "01_gpt_baseline.ipynb", root / "exercise01.ipynb")
+    for name in (RUN_LESSON, "exercise01.ipynb"):     # ... except those the tests run: every output
+        nb = nbformat.read(root / name, as_version=4)  # they show must then come from this run
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, root / name)
     env = dict(os.environ, OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTER_DATA_DIR=str(home / "data"),
                IPYTHONDIR=str(home / "ipython"), JUPYTER_PLATFORM_DIRS="1")
@@ -126,6 +111,10 @@ def lab(tmp_path_factory):
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    # every cell rendered: with windowing, cells out of view are left unrendered (no images, empty text)
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')
     port = _free_port()
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
@@ -201,36 +190,165 @@ def _shot(page, lab, name):
     return path
 
 
-def test_lesson_outputs_render_and_widgets_respond(browser, lab):
-    page = _open(browser, lab, "demo.ipynb")
+@browser_test
+def test_real_lesson_runs_and_its_widgets_respond(browser, lab):
+    """Chapter 07 from top to bottom in the kernel: its plots render, and moving the calculator's MFU
+    slider makes the kernel recompute the label (checked against the package's own arithmetic)."""
+    page = _open(browser, lab, RUN_LESSON)
     _hide_sidebar(page)
     _run_all(page)
-    page.wait_for_selector(".jp-OutputArea-output >> text=ALL CELLS RAN", timeout=90_000)
-
-    # the matplotlib figure: an <img> in an output area, decoded by the browser
-    img = page.locator(".jp-OutputArea-output img").first
-    img.wait_for()
-    assert img.evaluate("i => i.complete && i.naturalWidth") > 200
-
-    # the tqdm bar of minids.train: an ipywidgets progress bar that reached the end
-    bar = page.locator(".jp-OutputArea-output .widget-hbox", has=page.locator(".widget-hprogress")).first
-    bar.wait_for()
-    assert "20/20" in bar.inner_text() and "train" in bar.inner_text()
-
-    # the slider: its label is computed in the kernel; moving the slider must update it
-    label = page.locator(".jp-OutputArea-output .widget-html-content", has_text="entropy at temperature")
-    assert label.inner_text().strip() == _entropy_text(0.8)
-    handle = page.locator(".jp-OutputArea-output .widget-slider .noUi-handle").first
+    # the last code cell's output (outputs were cleared in the copy, so this one is from this run)
+    page.locator(".jp-OutputArea-output", has_text="a dense 671B model on 14.8T tokens").first.wait_for(timeout=300_000)
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+    label = page.locator(".jp-OutputArea-output .widget-html-content", has_text="GPU-hours")
+    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    imgs = page.locator(".jp-OutputArea-output img")
+    imgs.first.wait_for(timeout=60_000)                # a figure is sent when its cell ends
+    assert imgs.first.evaluate("i => i.complete && i.naturalWidth") > 200
+    before = label.first.inner_text()
+    flops, hours, dollars = _calculator_numbers(before)
+    assert abs(dollars - 2.0 * hours) < 0.01 * dollars        # $2 per GPU-hour
+    assert abs(flops / (6 * 36.6e9 * 14.8e12) - 1) < 0.005    # 6 N D with V3's numbers, as typed
+    slider = page.locator(".jp-OutputArea-output .widget-slider", has_text="MFU")
+    assert slider.locator(".widget-readout").first.inner_text().strip() == "0.35"
+    handle = slider.locator(".noUi-handle").first
     handle.focus()
-    handle.press("ArrowRight")
-    handle.press("ArrowRight")
-    page.wait_for_selector(f".widget-html-content >> text={_entropy_text(1.0)}", timeout=20_000)
-    assert page.locator(".widget-readout").first.inner_text().strip() == "1.00"
-    page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+    handle.press("ArrowRight")                         # 0.35 -> 0.36: the kernel recomputes the label
+    page.wait_for_function("([el, old]) => el.innerText !== old", arg=[label.first.element_handle(), before],
+                           timeout=30_000)
+    flops2, hours2, _ = _calculator_numbers(label.first.inner_text())
+    assert flops2 == flops and abs(hours2 / hours - 0.35 / 0.36) < 0.002   # hours scale as 1 / MFU
+    slider.first.scroll_into_view_if_needed()
     _shot(page, lab, "lesson_in_jupyterlab.png")
     page.close()
 
 
+def _show_output_of(page, code_text):
+    """Scroll the output of the code cell containing `code_text` to the top of the view."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell", has_text=code_text).first
+    cell.evaluate("e => e.scrollIntoView({block: 'start'})")
+    img = cell.locator(".jp-OutputArea-output img").first
+    img.wait_for(timeout=30_000)
+    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle())
+    return cell, img
+
+
+@browser_test
+@pytest.mark.parametrize("lesson, call, shot", [
+    ("02_kv_cache_gqa.ipynb", "diagrams.kv_sharing()", "diagram_kv_sharing_lesson02.png"),
+    ("03_mla.ipynb", "diagrams.mla_dataflow()", "diagram_mla_lesson03.png"),
+    ("05_mtp.ipynb", "diagrams.mtp_chain()", "diagram_mtp_chain_lesson05.png"),
+])
+def test_lesson_shows_its_diagram_and_typeset_equations(browser, lab, lesson, call, shot):
+    """A real lesson as stored: its architecture diagram (drawn by minids.diagrams) is an image at
+    notebook width, and its LaTeX equations are typeset by JupyterLab's MathJax, not left as text."""
+    page = _open(browser, lab, lesson)
+    _hide_sidebar(page)
+    page.wait_for_selector(".jp-Notebook mjx-container", state="attached", timeout=60_000)
+    assert page.locator(".jp-Notebook mjx-container").count() >= 5
+    md = page.locator(".jp-MarkdownCell .jp-RenderedMarkdown").all_inner_texts()
+    assert not any("\\frac" in t or "\\mathbf" in t for t in md), "LaTeX left untypeset"
+    _, img = _show_output_of(page, call)
+    assert img.evaluate("i => i.naturalWidth") >= 700          # drawn at notebook width
+    page.mouse.wheel(0, -60)
+    _shot(page, lab, shot)
+    page.close()
+
+
+def _serve(folder: Path):
+    """A web server on a free localhost port for `folder`; returns (server, url)."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def deck_folder(tmp_path_factory):
+    """Slides of chapter 02 built by minids.slides, beside the local reveal.js/MathJax copy that
+    `make slides` installs (installed here through the Makefile's own rule when it is missing)."""
+    from minids import slides
+
+    vendor = ROOT / "build" / "slides" / "vendor"
+    if slides.missing_vendor(vendor.parent):
+        if shutil.which("npm") is None or shutil.which("make") is None:
+            pytest.skip("the local reveal.js/MathJax copy is missing and npm (or make) is not installed")
+        subprocess.run(["make", "build/slides/vendor/.installed"], cwd=ROOT, check=True, timeout=600)
+    out = tmp_path_factory.mktemp("slides")
+    (out / "vendor").symlink_to(vendor, target_is_directory=True)
+    decks = slides.build([ROOT / "notebooks" / "02_kv_cache_gqa.ipynb"], out)
+    return out, decks[0]
+
+
+@browser_test
+def test_slides_deck_works_offline(browser, lab, deck_folder):
+    """The reveal.js deck of a real lesson: it starts, shows its slides with typeset equations and the
+    lesson's diagram, moves on with the keyboard, and asks nothing of any host but this one."""
+    out, deck = deck_folder
+    server, url = _serve(out)
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url))
+    try:
+        page.goto(f"{url}/{deck.name}")
+        page.wait_for_selector(".reveal.ready", timeout=60_000)
+        assert page.locator(".reveal .slides > section").count() >= 5       # one per "## " heading
+        page.wait_for_selector(".reveal .MathJax_CHTML", state="attached", timeout=60_000)
+        first = page.evaluate("location.hash")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"location.hash !== {first!r}")
+        diagram = page.locator(".reveal section section", has=page.locator("img")).filter(has_text="kv_sharing")
+        assert diagram.count() == 1
+        index = page.evaluate("""s => { const v = s.parentElement, h = v.parentElement;
+                                   return [...h.children].indexOf(v) + '/' + [...v.children].indexOf(s); }""",
+                              diagram.first.element_handle())
+        page.goto(f"{url}/{deck.name}#/{index}")
+        page.wait_for_timeout(1500)                                          # the slide transition
+        assert diagram.first.locator("img").evaluate("i => i.complete && i.naturalWidth") > 700
+        _shot(page, lab, "slides_lesson02.png")
+    finally:
+        page.close()
+        server.shutdown()
+    outside = [u for u in fetched if not u.startswith((url, "data:"))]
+    assert not outside, f"the deck fetched {outside[:3]} from outside this machine"
+
+
+def test_deck_checker_refuses_network_loads():
+    from minids.slides import external_loads
+
+    page = ('<script src="vendor/a.js"></script><link rel="stylesheet" href="https://cdn.example/x.css">'
+            '<script type="module">import m from "//cdn.example/m.mjs";</script><a href="https://example.org">')
+    assert external_loads(page) == ["https://cdn.example/x.css", "//cdn.example/m.mjs"]
+
+
+def test_makefile_installs_what_the_slides_need():
+    from minids.slides import NPM_PACKAGES
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^slides:", makefile, re.M) and "minids.slides" in makefile
+    assert all(p in makefile for p in NPM_PACKAGES)
+
+
+def test_lessons_carry_slide_metadata():
+    """Every lesson cell says how it goes into a deck; each lesson starts a slide at its title and at
+    every '## ' heading, and ends with its Further reading."""
+
+    for name in SLIDE_LESSONS:
+        path = ROOT / "notebooks" / name
+        nb = nbformat.read(path, as_version=4)
+        kinds = [c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells]
+        assert None not in kinds, (path.name, kinds.index(None))
+        heads = [k for c, k in zip(nb.cells, kinds, strict=True) if c.cell_type == "markdown"
+                 and c.source.startswith(("# ", "## "))]
+        assert heads and set(heads) == {"slide"}, path.name
+        last_md = [c for c in nb.cells if c.cell_type == "markdown"][-1]
+        assert last_md.source.startswith("## Further reading") and "arXiv" in last_md.source, path.name
+
+
+@browser_test
 def test_exercise_check_turns_from_not_implemented_to_passed(browser, lab):
     page = _open(browser, lab, "exercise01.ipynb")
     _hide_sidebar(page)
