@@ -56,6 +56,7 @@ def make_exercise(nb):
         cell.source = strip_solutions(cell.source, markdown=cell.cell_type == "markdown")
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)          # run timestamps: the exercise would change on every run
     chapter = ex.metadata.get("minids", {}).get("chapter")
     ex.metadata["minids"] = {"chapter": chapter, "tasks": tasks_of(ex), "kind": "exercise"}
     return ex

@@ -58,6 +58,7 @@ itself).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import copy
 import importlib
 import math
@@ -250,6 +251,9 @@ def forbid(names: Iterable[str]):
         obj = _resolve(name)
         if obj is None:
             continue
+        inner = inspect.unwrap(obj) if callable(obj) else obj      # e.g. under @torch.no_grad()
+        if getattr(inner, "__code__", None) is not None and not inner.__code__.co_freevars:
+            obj = inner                                             # the wrapper calls this very function
         code = getattr(obj, "__code__", None)
         if code is not None and not code.co_freevars:
             py_funcs.append((obj, code, name))
