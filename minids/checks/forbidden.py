@@ -120,7 +120,9 @@ def static_hits(cells: list[str], names: list[str], forbidden: list[str]) -> set
         if f in strings:
             hits.add(f)
         if not _is_module(f):
-            if any(d.rsplit(".", 1)[-1] == last for d in used) or last in strings:
+            # the same name reached through another path (F = torch.nn.functional; F.sdpa...), but not
+            # a plain local variable that happens to share the name (a parameter called gpu_hours)
+            if any("." in d and d.rsplit(".", 1)[-1] == last for d in used) or last in strings:
                 hits.add(f)
     hits = {h for h in hits if any(h == f or h.startswith(f + ".") for f in forbidden)}
     return {h for h in hits if not any(o.startswith(h + ".") for o in hits)}      # the most specific name
