@@ -113,7 +113,8 @@ def main(argv: list[str]) -> None:
                          eval_iters=20, num_threads=args.threads, seed=args.seed, progress=False,
                          mtp_loss_weight_final=0.1, mtp_loss_switch=0.7, out_dir=str(out_dir),
                          compile=args.compile)
-        res, t_train = timed(lambda: train(model_config(args.width, args.layers, args.heads, args.ctx), tc))
+        res, t_train = timed(lambda: train(model_config(args.width, args.layers, args.heads, args.ctx), tc,
+                                           overwrite=True))          # --retrain replaces the cached run
         model, tok = res.model.eval(), res.tokenizer
         trained = (f"trained {args.iters} iters in {t_train:.0f} s (compile {res.compile_s:.0f} s), "
                    f"val loss {res.final_val_loss:.3f}; kept in {ckpt}")

@@ -114,6 +114,9 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: tor
     exactly the batch one process would draw with batch_size * world_size."""
     if len(data) <= block_size + 1:
         raise ValueError(f"block_size={block_size} must be < {len(data) - 1} (the split's length - 1)")
+    if batch_size * world_size * (block_size + 1) >= 2**62:
+        raise ValueError(f"batch_size={batch_size} x world_size={world_size} windows of block_size={block_size} "
+                         "+ 1 tokens cannot even be indexed (>= 2**62 tokens)")
     ix = torch.randint(len(data) - block_size - 1, (batch_size * world_size,), generator=generator)
     ix = ix[rank * batch_size:(rank + 1) * batch_size]
     offsets = ix[:, None].numpy() + np.arange(block_size + 1)

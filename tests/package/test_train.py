@@ -71,6 +71,14 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert [r["main_loss"] for r in full.history if r["iter"] >= 10 and "main_loss" in r] == \
            [r["main_loss"] for r in resumed.history if "main_loss" in r]
+    # metrics.jsonl was cut back to the checkpoint's step on resume: steps 10-15 are not recorded twice
+    assert metric_lines(tmp_path / "b") == metric_lines(tmp_path / "a")
+
+
+def metric_lines(folder):
+    """metrics.jsonl's records without the timings (tokens/s differs from run to run)."""
+    recs = [json.loads(s) for s in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in recs]
 
 
 def test_grad_accumulation_equals_big_batch():
@@ -152,3 +160,124 @@ def test_block_size_longer_than_context():
 def test_autocast_is_off_on_cpu():
     res = T.train(small_cfg(), tc(max_iters=2, dtype="bfloat16"), dataset=synthetic_dataset())
     assert all(p.dtype == torch.float32 for p in res.model.parameters())
+
+
+# ------------------------------------------------------------------------ divergence
+def strict_json_lines(path):
+    def refuse(c):
+        raise ValueError(f"{c} is not strict JSON")
+    return [json.loads(s, parse_constant=refuse) for s in path.read_text().splitlines()]
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A run that goes NaN (here: an lr schedule that returns NaN from step 8, so step 9's loss is
+    NaN) stops at the next logged step with TrainingDiverged; the checkpoint of step 6 is left as it
+    was, byte for byte; metrics.jsonl stays strict JSON (NaN written as null)."""
+    ds = synthetic_dataset()
+    T.train(small_cfg(), tc(tmp_path, max_iters=6), dataset=ds)
+    good = (tmp_path / C.CHECKPOINT).read_bytes()
+    real = T.lr_at
+    monkeypatch.setattr(T, "lr_at", lambda it, c: real(it, c) if it < 8 else float("nan"))
+    with pytest.raises(T.TrainingDiverged, match=r"NaN/inf at step 9 .*from step 6 and was left as it is") as e:
+        T.train(small_cfg(), tc(tmp_path, max_iters=20), dataset=ds, resume=True)
+    assert (e.value.step, e.value.checkpoint_step) == (9, 6)
+    assert (tmp_path / C.CHECKPOINT).read_bytes() == good
+    recs = strict_json_lines(tmp_path / "metrics.jsonl")
+    assert recs[-1]["iter"] == 9 and recs[-1]["main_loss"] is None          # the bad step, as null
+
+
+def test_divergence_from_the_first_step_writes_no_checkpoint(tmp_path):
+    """Weights initialised at 1e30 overflow at once. Without clipping (grad_clip=0) and with logging
+    only every 100 steps, the checkpoint step (every step) is where it is noticed."""
+    with pytest.raises(T.TrainingDiverged, match="at step 0 .*this run wrote no checkpoint"):
+        T.train(small_cfg(initializer_range=1e30), tc(tmp_path, grad_clip=0.0, log_interval=100,
+                                                      checkpoint_interval=1), dataset=synthetic_dataset())
+    assert not (tmp_path / C.CHECKPOINT).exists()
+
+
+def test_weights_that_overflow_with_a_finite_loss_are_not_saved(tmp_path, monkeypatch):
+    """The loss and gradients of the last step were finite, but its update left an inf weight: the
+    checkpoint write refuses (naming the tensor) and the run stops. With checkpoints every step, a
+    NaN update is caught the same way: the checkpoint of the step before it is the one kept."""
+    real = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        out = real(self, *a, **k)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(T.TrainingDiverged, match=r"after step 0: refusing to write .*model\.embed_tokens\.weight"):
+        T.train(small_cfg(), tc(tmp_path, max_iters=1), dataset=synthetic_dataset())
+    assert not (tmp_path / C.CHECKPOINT).exists()
+
+
+def test_a_nan_update_with_checkpoints_every_step_keeps_the_one_before(tmp_path, monkeypatch):
+    ds = synthetic_dataset()
+    real = T.lr_at
+    monkeypatch.setattr(T, "lr_at", lambda it, c: real(it, c) if it != 4 else float("nan"))
+    with pytest.raises(T.TrainingDiverged, match=r"after step 4: refusing to write .*is from step 4 and was left"):
+        T.train(small_cfg(), tc(tmp_path, max_iters=20, checkpoint_interval=1, log_interval=100), dataset=ds)
+    assert C.read_checkpoint(tmp_path / C.CHECKPOINT)[1]["iter"] == 4
+
+
+def test_metrics_are_strict_json():
+    assert T.json_record({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": 2}) == \
+        '{"a": null, "b": [1.0, null], "c": {"d": null}, "e": 2}'
+
+
+# ------------------------------------------------------------------------ out_dir
+def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
+    ds = synthetic_dataset()
+    T.train(small_cfg(), tc(tmp_path, max_iters=3), dataset=ds)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=r"already holds a run \(ckpt.safetensors, metrics.jsonl\).*--resume.*--overw"):
+        T.train(small_cfg(), tc(tmp_path, max_iters=3, seed=7), dataset=ds)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(ValueError, match="choose one"):
+        T.train(small_cfg(), tc(tmp_path, max_iters=3), dataset=ds, resume=True, overwrite=True)
+
+
+def test_overwrite_replaces_the_run(tmp_path):
+    ds = synthetic_dataset()
+    T.train(small_cfg(), tc(tmp_path, max_iters=5), dataset=ds)
+    res = T.train(small_cfg(), tc(tmp_path, max_iters=3, seed=7), dataset=ds, overwrite=True)
+    recs = strict_json_lines(tmp_path / "metrics.jsonl")
+    assert [r["iter"] for r in recs if not r.get("eval")] == [0, 1, 2]            # only the new run's records
+    model, _, meta = C.load_model(tmp_path / C.CHECKPOINT)
+    assert meta["iter"] == 3 and all(torch.equal(v, res.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("out_dir, words", [("", "must name a folder"), ("afile", "is a file")])
+def test_bad_out_dir(tmp_path, out_dir, words):
+    (tmp_path / "afile").write_text("x")
+    path = str(tmp_path / out_dir) if out_dir else ""
+    with pytest.raises(ValueError, match=words):
+        T.train(small_cfg(), tc(max_iters=2).replace(out_dir=path), dataset=synthetic_dataset())
+
+
+# ------------------------------------------------------------------------ device and memory
+@pytest.mark.parametrize("device", ["tpu", "cuda:abc", "gpu", ""])
+def test_unknown_device(device):
+    with pytest.raises(ValueError, match="device="):
+        T.train(small_cfg(), tc(device=device), dataset=synthetic_dataset())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu(device):
+    with pytest.raises(ValueError, match=rf"device='{device}', but (this torch is built for the CPU only|torch sees)"):
+        T.train(small_cfg(), tc(device=device), dataset=synthetic_dataset())
+
+
+def test_a_batch_too_large_to_allocate_is_one_clear_error():
+    with pytest.raises(T.TrainingOutOfMemory, match=r"out of memory on cpu .*batch_size=1000000000000 x block_size=16"):
+        T.train(small_cfg(), tc(batch_size=10**12), dataset=synthetic_dataset())
+    with pytest.raises(ValueError, match=r"batch_size=10{30} x world_size=1 windows"):
+        T.train(small_cfg(), tc(batch_size=10**30), dataset=synthetic_dataset())
+
+
+def test_plan_line():
+    line = T.plan_line(small_cfg(), tc(max_iters=10**15, out_dir="runs/a"), world_size=2)
+    assert "1,000,000,000,000,000 steps x 128 tokens = 128,000,000,000,000,000 tokens (1.28e+17)" in line
+    assert "into runs/a/" in line
