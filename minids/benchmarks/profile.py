@@ -23,6 +23,7 @@ import contextlib
 import platform
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -249,6 +250,29 @@ def format_parts(res: dict) -> str:
     return "\n".join(lines)
 
 
+CATEGORIES = {                                   # the components above, in a few groups
+    "attention": ("attention (MHA)", "attention (MLA)", "attention core (sdpa)"),
+    "dense FFN": ("FFN dense SwiGLU",),
+    "MoE experts (routed + shared)": ("MoE expert matmuls", "MoE shared expert"),
+    "MoE routing (router, sort, gather, scatter)": ("MoE router", "MoE layout (sort)", "MoE gather",
+                                                    "MoE combine (scatter)", "MoE bookkeeping"),
+    "MTP module (block + head + loss)": ("MTP module",),
+    "norms, residuals, embedding, head, loss": ("block norms", "block residuals", "embedding",
+                                                "head + final norm", "loss (cross-entropy)"),
+    "optimizer, clipping, zero_grad": ("optimizer (AdamW)", "grad clipping", "zero_grad + router bias update",
+                                       "backward: grad accumulation"),
+}
+
+
+def by_category(res: dict) -> dict[str, float]:
+    """ms per step of each CATEGORIES group; the rest (data, loop, autograd engine) as 'other'."""
+    parts = res["parts"]
+    out = {cat: sum(parts[c]["fwd"] + parts[c]["bwd"] for c in comps if c in parts)
+           for cat, comps in CATEGORIES.items()}
+    out["other (data, Python, autograd engine)"] = res["profiled_ms"] - sum(out.values())
+    return out
+
+
 # ------------------------------------------------------------------------------ decoding
 @contextlib.contextmanager
 def _decode_labels(model: MiniDeepSeek):
@@ -344,6 +368,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=5, help="profiled training steps per model")
     ap.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True,
                     help="also profile plain vs speculative decoding")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a model with an MTP module to decode with (default: the one `bench speculative` "
+                         "trained and cached, if any; else an untrained model of its shape)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -355,13 +382,23 @@ def main(argv: list[str]) -> None:
             print(format_parts(profile_training(name, dataset, args.steps)))
             print()
     if args.decode:
-        model = decode_model()
-        prompt = torch.randint(0, 82, (1, 8), generator=torch.Generator().manual_seed(0))
-        res = profile_decoding(model, prompt, 120)
+        from ..checkpoint import CHECKPOINT, load_model
+        from . import speculative
+        ckpt = Path(args.checkpoint) if args.checkpoint else speculative.default_out_dir(argparse.Namespace(
+            width=128, layers=8, heads=4, ctx=128, iters=800, batch_size=12, seed=1337)) / CHECKPOINT
+        if ckpt.exists():
+            model, tok, _ = load_model(ckpt)
+            prompt = torch.tensor([tok.encode("ROMEO:\n")])
+            print(f"decoding with {ckpt}")
+        else:
+            model = decode_model()
+            prompt = torch.randint(0, 82, (1, 8), generator=torch.Generator().manual_seed(0))
+            print("decoding with an untrained model (acceptance is meaningless; the costs are not)")
+        res = profile_decoding(model, prompt, model.config.max_position_embeddings - prompt.size(1))
         for r in res.values():
             st = r["stats"]
             if st:
                 r["model"] += (f" ({st['main_forwards']} main forwards, {st['mtp_forwards']} drafts, "
-                               f"acceptance {st['acceptance_rate']:.0%}: untrained model)")
+                               f"acceptance {st['acceptance_rate']:.0%})")
             print(format_parts(r))
             print()
