@@ -39,8 +39,8 @@ def add_dataclass_flags(ap, cls, rules: dict[str, str], defaults: dict | None = 
 
 
 def parse_train_args(argv):
-    """`python -m minids train ...` -> (model config, TrainConfig, resume?)."""
-    from .config import PRESETS, TRAIN_RULES, ModelConfig, TrainConfig, get_preset, gpu_train_config
+    """`python -m minids train ...` -> (model config, TrainConfig, resume?, overwrite?)."""
+    from .config import PRESETS, TRAIN_RULES, TrainConfig, get_preset, gpu_train_config
 
     ap = argparse.ArgumentParser(prog="python -m minids train", description="Many GPUs: the same "
                                  "command under torchrun: torchrun --nproc_per_node=8 -m minids train ...")
@@ -48,25 +48,50 @@ def parse_train_args(argv):
     ap.add_argument("--model-config", default=None,
                     help="a config.json (ModelConfig fields) instead of --preset")
     ap.add_argument("--resume", action="store_true", help="continue exactly from out-dir's checkpoint")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the run already in out-dir (without it, or --resume, such a folder is refused)")
     add_dataclass_flags(ap.add_argument_group("training (TrainConfig fields)"), TrainConfig, TRAIN_RULES,
                         defaults={"out_dir": "out"})
     args = vars(ap.parse_args(argv))
     preset, model_config, resume = args.pop("preset"), args.pop("model_config"), args.pop("resume")
-    model_cfg = ModelConfig.from_json(model_config) if model_config else get_preset(preset)
+    overwrite = args.pop("overwrite")
+    model_cfg = _model_config_file(model_config) if model_config else get_preset(preset)
     base = gpu_train_config(preset) if preset.startswith("gpu") and not model_config else TrainConfig()
-    return model_cfg, base.replace(**{k: v for k, v in args.items() if v is not None}), resume
+    return model_cfg, base.replace(**{k: v for k, v in args.items() if v is not None}), resume, overwrite
+
+
+def _model_config_file(path: str):
+    """--model-config: a JSON object of ModelConfig fields; errors name the file."""
+    import json
+
+    from .checkpoint import model_config_from
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"--model-config {path} is not valid JSON ({e})") from None
+    return model_config_from(d, f"--model-config {path}")
 
 
 def _train(argv):
     import os
 
-    from .train import train
+    from .train import TrainingDiverged, plan_line, train
 
-    model_cfg, tc, resume = parse_train_args(argv)
-    res = train(model_cfg, tc, resume=resume)
+    model_cfg, tc, resume, overwrite = parse_train_args(argv)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(plan_line(model_cfg, tc, int(os.environ.get("WORLD_SIZE", 1))), file=sys.stderr, flush=True)
+    try:
+        res = train(model_cfg, tc, resume=resume, overwrite=overwrite)
+    except TrainingDiverged as e:
+        raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
               f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {tc.out_dir}/")
+
+
+MAX_SAMPLE_TOKENS = 100_000     # minutes on a CPU already, printed only at the end
 
 
 def _sample(argv):
@@ -74,16 +99,21 @@ def _sample(argv):
 
     from .checkpoint import CHECKPOINT, load_model
     from .generate import generate
+    from .validation import require
 
     ap = argparse.ArgumentParser(prog="python -m minids sample")
     ap.add_argument("--out-dir", default="out")
     ap.add_argument("--prompt", default="\n")
-    ap.add_argument("--tokens", type=int, default=500)
+    ap.add_argument("--tokens", type=int, default=500, help=f"new tokens, 0 to {MAX_SAMPLE_TOKENS:,}")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--top-p", type=float, default=None)
     ap.add_argument("--seed", type=int, default=1337)
     args = ap.parse_args(argv)
+    if not args.out_dir.strip():
+        raise ValueError("--out-dir must name the folder of a training run")
+    require("tokens", args.tokens, f"int in [0, {MAX_SAMPLE_TOKENS}]; minids.generate.generate samples more")
+    require("temperature", args.temperature, "number >= 0; 0 is greedy")
     model, tok, _ = load_model(f"{args.out_dir}/{CHECKPOINT}")
     idx = torch.tensor([tok.encode(args.prompt)])
     g = torch.Generator().manual_seed(args.seed)
@@ -162,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError) as e:       # bad input: one clear line, no traceback
+    except (ValueError, OSError, MemoryError) as e:    # bad input, a file, memory: one clear line, no traceback
         raise SystemExit(f"error: {e}") from None
 
 
