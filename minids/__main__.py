@@ -86,7 +86,12 @@ def _train(argv):
         res = train(model_cfg, tc, resume=resume, overwrite=overwrite)
     except TrainingDiverged as e:
         raise SystemExit(f"error: {e}") from None
-    if int(os.environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if tc.max_iters <= res.start_iter:
+        at = f"the checkpoint in {tc.out_dir}/ is at step {res.start_iter}, " if resume else ""
+        print(f"nothing to train: {at}max_iters={tc.max_iters}; no checkpoint written")
+    else:
         print(f"done: {tc.max_iters} iters, val loss {res.final_val_loss:.4f}, "
               f"{res.tokens_per_s:,.0f} tokens/s; checkpoint in {tc.out_dir}/")
 

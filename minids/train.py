@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import time
@@ -157,11 +158,13 @@ def check_device(device: str) -> None:
         raise ValueError(f"device={device!r} must be 'cpu', 'cuda' or 'cuda:N'")
 
 
-def prepare_out_dir(tc: TrainConfig, resume: bool, overwrite: bool, world: World) -> Path | None:
+def prepare_out_dir(tc: TrainConfig, resume: bool, overwrite: bool, world: World,
+                    held: contextlib.ExitStack | None = None) -> Path | None:
     """Check out_dir before anything is built, and create it. A folder that already holds a run
     (a checkpoint or metrics) is continued only with `resume`, replaced only with `overwrite`
     (its checkpoint and metrics are deleted now), and otherwise refused: a second run never
-    silently replaces the first."""
+    silently replaces the first. With `held`, rank 0 also locks the folder for the run (a lock
+    the system drops when the process ends, even killed): a run started meanwhile is refused."""
     if tc.out_dir is None:
         if resume:
             raise FileNotFoundError("resume=True but out_dir=None: there is no checkpoint to resume from")
@@ -176,18 +179,48 @@ def prepare_out_dir(tc: TrainConfig, resume: bool, overwrite: bool, world: World
     ckpt, metrics = out / CHECKPOINT, out / METRICS
     if resume and not ckpt.exists():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if held is not None:
+            held.enter_context(lock_folder(out))
     existing = [p.name for p in (ckpt, metrics) if p.exists()]
     if existing and not resume and not overwrite:
         raise ValueError(f"out_dir={tc.out_dir!r} already holds a run ({', '.join(existing)}): continue it with "
                          "--resume (resume=True), replace it with --overwrite (overwrite=True), or pick another "
                          "out_dir")
     if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             for p in (ckpt, metrics):
                 p.unlink(missing_ok=True)
         remove_stale_temps(ckpt)                       # left by a write that was killed
     return out
+
+
+LOCK = ".minids.lock"
+
+
+@contextlib.contextmanager
+def lock_folder(folder: Path):
+    """An exclusive lock on folder/.minids.lock for as long as the context lasts (POSIX flock;
+    where fcntl does not exist, e.g. on Windows, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    f = open(folder / LOCK, "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            f.close()
+            raise ValueError(f"out_dir={str(folder)!r} is in use by another training run (it holds the lock "
+                             f"{folder / LOCK}); wait for it to end, or pick another out_dir") from None
+        # any other error: a file system without locks, the run goes on unlocked
+    try:
+        yield
+    finally:
+        f.close()
 
 
 def open_metrics(out: Path, start: int, resume: bool):
@@ -282,8 +315,10 @@ def plan_line(model_cfg: ModelConfig, tc: TrainConfig, world_size: int = 1) -> s
     total = tokens_per_step * tc.max_iters
     n = param_count(model_cfg).total
     where = f"into {tc.out_dir}/" if tc.out_dir else "writing nothing"
-    return (f"plan: {tc.max_iters:,} steps x {tokens_per_step:,} tokens = {total:,} tokens ({total:.3g}), "
-            f"~{n / 1e6:.3g}M parameters (vocabulary from the data), on {tc.device}, {where}")
+    big = f" ({total:.3g})" if total >= 1e6 else ""
+    return (f"plan: {tc.max_iters:,} steps x {tokens_per_step:,} tokens = {total:,} tokens{big}, "
+            f"~{n / 1e6:.3g}M parameters (vocabulary from the data), an eval of {tc.eval_iters:,} batches per split "
+            f"every {tc.eval_interval:,} steps, on {tc.device}, {where}")
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -296,6 +331,7 @@ class TrainResult:
     wall_s: float = 0.0                # the training loop (evals included), compile_s not included
     tokens_per_s: float = 0.0          # trained tokens / wall_s
     compile_s: float = 0.0             # torch.compile's warm-up (tc.compile), before the loop
+    start_iter: int = 0                # the step it started from (a resumed run's checkpoint step)
 
     @property
     def final_val_loss(self) -> float:
@@ -340,7 +376,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
     check_device(tc.device)
     world = distributed.setup(tc.device)
     try:
-        return _train(model_cfg, tc, resume, dataset, callback, world, overwrite)
+        with contextlib.ExitStack() as held:             # out_dir's lock, released however the run ends
+            return _train(model_cfg, tc, resume, dataset, callback, world, overwrite, held)
     except (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)) as e:
         if isinstance(e, TrainingOutOfMemory):
             raise
@@ -354,8 +391,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
 
 
 def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, world: World,
-           overwrite: bool = False) -> TrainResult:
-    out_dir = prepare_out_dir(tc, resume, overwrite, world)         # before anything is built
+           overwrite: bool = False, held: contextlib.ExitStack | None = None) -> TrainResult:
+    out_dir = prepare_out_dir(tc, resume, overwrite, world, held)   # before anything is built
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if tc.device == "cuda" and world.size > 1:
@@ -394,7 +431,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
     tokens_per_iter = tc.batch_size * tc.block_size * tc.grad_accum_steps * world.size
     fpt, peak = flops_per_token(model_cfg, tc.block_size), _device_peak(tc)
     metrics = open_metrics(out_dir, start, resume) if out_dir and world.is_main else None
-    result = TrainResult(model, dataset.tokenizer, compile_s=compile_s)
+    result = TrainResult(model, dataset.tokenizer, compile_s=compile_s, start_iter=start)
     meta = {"train_config": dataclasses.asdict(tc), "tokenizer": dataset.tokenizer.state()}
 
     def log(rec):
@@ -466,7 +503,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             saved_at = it + 1
     bar.close()
     result.wall_s = time.perf_counter() - t0
-    result.tokens_per_s = (tc.max_iters - start) * tokens_per_iter / max(result.wall_s, 1e-9)
+    result.tokens_per_s = max(tc.max_iters - start, 0) * tokens_per_iter / max(result.wall_s, 1e-9)
     if metrics:
         metrics.close()
     return result

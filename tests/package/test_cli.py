@@ -202,3 +202,13 @@ def test_error_messages_name_only_commands_that_exist():
     import re
     named = {m for p in (ROOT / "minids").rglob("*.py") for m in re.findall(r"python -m minids (\w+)", p.read_text())}
     assert named and named <= set(cli.COMMANDS), named - set(cli.COMMANDS)
+
+
+def test_train_with_nothing_to_do_says_so(trained, tmp_path, capsys):
+    """max_iters=0, or a resume of a run already past max_iters, claims no checkpoint and no speed."""
+    cli.main(["train", "--out-dir", str(tmp_path / "z"), *FAST, "--max-iters", "0"])
+    assert capsys.readouterr().out.strip() == "nothing to train: max_iters=0; no checkpoint written"
+    assert not (tmp_path / "z" / "ckpt.safetensors").exists()
+    cli.main(["train", "--out-dir", str(trained), *FAST, "--max-iters", "1", "--resume"])
+    assert capsys.readouterr().out.strip() == (f"nothing to train: the checkpoint in {trained}/ is at step 2, "
+                                               "max_iters=1; no checkpoint written")

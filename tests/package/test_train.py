@@ -281,3 +281,21 @@ def test_plan_line():
     line = T.plan_line(small_cfg(), tc(max_iters=10**15, out_dir="runs/a"), world_size=2)
     assert "1,000,000,000,000,000 steps x 128 tokens = 128,000,000,000,000,000 tokens (1.28e+17)" in line
     assert "into runs/a/" in line
+
+
+def test_a_run_into_a_folder_another_run_is_using_is_refused(tmp_path):
+    """Two runs started at once into one out_dir: the second finds the first's lock (the system
+    drops it when the first process ends, even killed) and writes nothing."""
+    pytest.importorskip("fcntl")
+    with T.lock_folder(tmp_path):
+        with pytest.raises(ValueError, match="in use by another training run"):
+            T.train(small_cfg(), tc(tmp_path), dataset=synthetic_dataset())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [T.LOCK]
+    T.train(small_cfg(), tc(tmp_path, max_iters=2), dataset=synthetic_dataset())     # free again after
+
+
+def test_resuming_a_finished_run_trains_nothing_and_reports_no_speed(tmp_path):
+    ds = synthetic_dataset()
+    T.train(small_cfg(), tc(tmp_path, max_iters=3), dataset=ds)
+    res = T.train(small_cfg(), tc(tmp_path, max_iters=2), dataset=ds, resume=True)
+    assert (res.start_iter, res.tokens_per_s, res.history) == (3, 0.0, [])
