@@ -45,9 +45,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TOKEN = "minids-browser-test"
 LESSONS = ["02_kv_cache_gqa.ipynb", "03_mla.ipynb", "05_mtp.ipynb", "07_economics.ipynb"]
 RUN_LESSON = "07_economics.ipynb"                     # run top to bottom in the browser (~20 s of kernel time)
-SLIDE_LESSONS = ["00_orientation.ipynb", "01_gpt_baseline.ipynb", "02_kv_cache_gqa.ipynb", "03_mla.ipynb",
-                 "04_moe.ipynb", "05_mtp.ipynb", "06_mini_deepseek_v3.ipynb", "07_economics.ipynb",
-                 "08_scaling_up.ipynb", "A1_hf_conformance.ipynb"]     # a new chapter joins this list
+SLIDE_LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))     # every lesson makes a deck
 
 needs_browser = [
     pytest.mark.slow,

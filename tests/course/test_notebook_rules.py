@@ -75,3 +75,17 @@ def test_no_path_of_this_machine_in_the_project():
     needles = {n for n in needles if len(n) > 2}
     found = [f"{name}: {n}" for name, text in _tracked_text_files() for n in needles if n in text]
     assert not found, "machine paths in the project:\n" + "\n".join(found)
+
+
+def test_each_lesson_s_further_reading_is_in_docs_readings():
+    """Every lesson ends with "Further reading"; docs/readings.md collects them, chapter by chapter."""
+    doc = (ROOT / "docs" / "readings.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (\w+) — .*?\n(.*?)(?=^## |\Z)", doc, re.M | re.S))
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+        last = cells[-1].source
+        assert last.startswith("## Further reading"), f"{path.name} does not end with Further reading"
+        chapter = path.name.split("_")[0]
+        assert chapter in sections, f"docs/readings.md has no section for chapter {chapter}"
+        missing = set(re.findall(r"arXiv:? ?(\d{4}\.\d{4,5})", last)) - set(re.findall(r"\d{4}\.\d{4,5}", sections[chapter]))
+        assert not missing, f"{path.name}: arXiv ids missing from docs/readings.md's chapter {chapter}: {missing}"
