@@ -1,4 +1,4 @@
-"""Command line: python -m minids train | sample | bench | cost | grade | exercises | mutation."""
+"""Command line: python -m minids train | sample | prepare | bench | cost | grade | exercises | mutation."""
 
 from __future__ import annotations
 
@@ -185,9 +185,15 @@ def _mutation(argv):
     mutate.main(argv)
 
 
-# name -> function(argv); a command added later (e.g. `prepare`) is one more entry
+def _prepare(argv):
+    from .data.prepare import main as prepare_main
+
+    prepare_main(argv)
+
+
+# name -> function(argv); a command added later is one more entry
 COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "cost": _cost, "grade": _grade,
-            "exercises": _exercises, "mutation": _mutation}
+            "exercises": _exercises, "mutation": _mutation, "prepare": _prepare}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -223,9 +223,9 @@ def get_preset(name: str, **overrides) -> ModelConfig:
 def gpu_train_config(name: str = "gpu", **overrides) -> TrainConfig:
     """The suggested run for the chapter-08 presets on one modern GPU (H100/H200 class): bf16
     autocast, torch.compile, 32 x 1,024 tokens per micro-batch, 4 micro-batches per step
-    (131,072 tokens), 14,000 steps = 1.84B tokens (chapter 08 estimates its hours with
-    minids.flops). Under torchrun the step grows with the number of GPUs (batch_size is per
-    GPU): divide max_iters by it."""
+    (131,072 tokens), 15,153 steps = 1.99B tokens, 20 per parameter of gpu-dense (Chinchilla;
+    presets.TOKENS_PER_PARAM), on a real corpus (python -m minids prepare). Under torchrun the
+    step grows with the number of GPUs (batch_size is per GPU): divide max_iters by it."""
     if name not in GPU_RUNS:
         raise ValueError(f"name={name!r} must be one of {sorted(GPU_RUNS)}")
     return TrainConfig(**{**GPU_RUNS[name], **overrides})

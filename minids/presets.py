@@ -60,8 +60,14 @@ PRESETS: dict[str, dict] = {
     "deepseek-v3": DEEPSEEK_V3,
 }
 
-# The training run of the chapter-08 presets (TrainConfig fields; config.gpu_train_config).
-_GPU_RUN = dict(batch_size=32, block_size=1024, grad_accum_steps=4, max_iters=14_000, learning_rate=6e-4,
+# The training run of the chapter-08 presets (TrainConfig fields; config.gpu_train_config), sized by
+# tokens per parameter, not by the hour: a compute-optimal dense model sees about 20 tokens per parameter
+# (Hoffmann et al. 2022, "Chinchilla", arXiv 2203.15556, Table 3: 400M parameters -> 8.0B tokens, 1B ->
+# 20.2B). Both presets get 20 x the 99,306,240 parameters of gpu-dense = 1.99B tokens, 15,153 steps of
+# 131,072 (the same tokens at the same FLOPs per token: the same compute for the MoE and the dense model;
+# tests/package/test_scale.py recomputes it). Shakespeare (1.5M tokens) is only the offline smoke run.
+TOKENS_PER_PARAM = 20
+_GPU_RUN = dict(batch_size=32, block_size=1024, grad_accum_steps=4, max_iters=15_153, learning_rate=6e-4,
                 min_lr=6e-5, warmup_iters=500, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
                 eval_interval=500, eval_iters=20, log_interval=20, device="cuda", dtype="bfloat16",
                 compile=True, tokenizer="bpe:8192", checkpoint_interval=1000)

@@ -2,8 +2,10 @@
 exact resume across ranks, torch.compile's module used for training and eval, the GPU presets."""
 
 import json
+import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from minids import distributed
 from minids.config import TrainConfig, get_preset, gpu_train_config
 from minids.data import get_batch, prepare_dataset
 from minids.flops import flops_per_token, meta_param_count, param_count
+from minids.presets import TOKENS_PER_PARAM
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -110,6 +113,65 @@ def test_two_process_fsdp_resume_is_exact(job):
         assert torch.equal(a[k], b[k]), k
 
 
+# ------------------------------------------------------------------------ two "nodes" (SLURM + c10d)
+FAKE_SRUN = """#!/bin/bash
+# stands in for SLURM's srun: its options dropped, the command started once per node, all on localhost
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for n in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$n SLURM_PROCID=$n "$@" & pids+=($!); done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None or shutil.which("bash") is None, reason="torchrun or bash not found")
+def test_two_nodes_through_the_slurm_script_equal_one_process(job, tmp_path):
+    """scripts/slurm_train.sh under a stand-in SLURM (srun starts the script's torchrun once per
+    "node", both on localhost): two torchrun agents meet through the c10d rendezvous (--nnodes 2,
+    --rdzv-backend c10d, --rdzv-endpoint localhost:PORT), each starts one gloo process, and the
+    2 x batch 4 run logs the losses of the 1-process batch-8 run (every rank reads its slice)."""
+    flags = ["--block-size", "32", "--grad-accum", "2", "--warmup-iters", "2", "--eval-interval", "4",
+             "--eval-iters", "2", "--log-interval", "1", "--threads", "1", "--no-progress", "--lr", "3e-3"]
+    one = run_cli(job, "one-node-ref", 1, extra=["--batch-size", "8", "--max-iters", "4"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'localhost\\nlocalhost\\n'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "PATH": f"{bin_dir}:{Path(TORCHRUN).parent}:{os.environ.get('PATH', '')}",
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_JOB_ID": "4242", "GPUS_PER_NODE": "1",
+           "PORT": str(_free_port()), "ITERS": "4", "DATA": str(job / "tok"), "OUT_DIR": str(tmp_path / "two")}
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_train.sh"), "--model-config", str(job / "cfg.json"),
+                        "--batch-size", "4", *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "2 nodes x 1 GPUs, rendezvous localhost:" in p.stdout
+    two = [json.loads(s) for s in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "main_loss", "val"):
+        ref, got = losses(one, key), losses(two, key)
+        assert len(ref) >= 1 and [i for i, _ in got] == [i for i, _ in ref], key
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in ref], rtol=1e-5, err_msg=key)
+    _, meta = C.read_checkpoint(tmp_path / "two" / C.CHECKPOINT)
+    assert meta["world_size"] == 2 and meta["iter"] == 4
+
+
+def test_slurm_script_steps_keep_the_suggested_tokens():
+    """The script's default steps: the one-GPU run's 15,153 steps divided by the GPUs, rounded up."""
+    src = (ROOT / "scripts" / "slurm_train.sh").read_text()
+    assert f"RUN_STEPS=${{RUN_STEPS:-{gpu_train_config().max_iters}}}" in src
+    assert "--rdzv-backend=c10d" in src and "--nnodes=" in src and "--rdzv-endpoint=" in src
+    assert "--max-iters 948" in src and math.ceil(gpu_train_config().max_iters / 16) == 948
+
+
 # ------------------------------------------------------------------------ in one process
 def test_rank_slices_make_up_the_global_batch():
     data = np.arange(5000)
@@ -198,6 +260,10 @@ def test_gpu_train_config():
     tc = gpu_train_config("gpu")
     assert (tc.device, tc.dtype, tc.compile, tc.block_size) == ("cuda", "bfloat16", True, 1024)
     assert tc.batch_size * tc.block_size * tc.grad_accum_steps == 131_072
+    # sized by tokens per parameter (Chinchilla's ~20), not by the hour: 20 x gpu-dense's parameters
+    dense = param_count(get_preset("gpu-dense")).total
+    assert tc.max_iters == math.ceil(TOKENS_PER_PARAM * dense / 131_072) == 15_153
+    assert gpu_train_config("gpu-dense").max_iters == tc.max_iters
     assert tc.mtp_loss_weight_final == 0.1 and gpu_train_config("gpu-dense").mtp_loss_weight_final is None
     assert gpu_train_config("gpu", max_iters=10).max_iters == 10
     with pytest.raises(ValueError, match="name"):
