@@ -62,7 +62,16 @@ from .ch07 import (  # noqa: F401
     check_moe_flops_per_token,
     check_training_cost,
 )
-from .ch08 import check_accumulate_grads, check_mfu, check_rank_slice  # noqa: F401
+from .ch08 import (  # noqa: F401
+    check_accumulate_grads,
+    check_activation_experiment,
+    check_max_micro_batch,
+    check_no_memory_saver,
+    check_rank_slice,
+    check_run_numbers,
+    check_steady_mfu,
+    check_train_memory,
+)
 from .ch09 import (  # noqa: F401
     check_accumulator,
     check_bubbles,
