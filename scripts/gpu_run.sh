@@ -134,8 +134,9 @@ if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 130 ] && [ "${DRY:-0}" != 1 
 fi
 
 echo "== 5. summary, loss curves, samples"
-$PY - "$OUT" "$RUNS" "$DATA" <<'PY'
-import json, re, shutil, statistics, sys
+DRY=${DRY:-0} DENSE_S=$DENSE_S MOE_S=$MOE_S ITERS=$ITERS CORPUS=$CORPUS REAL_TOKENS=$REAL_TOKENS \
+  SMOKE_TXT=$SMOKE_TXT DATA=$DATA $PY - "$OUT" "$RUNS" "$DATA" <<'PY'
+import json, os, re, shutil, statistics, sys
 from pathlib import Path
 from minids.config import gpu_train_config
 from minids.presets import TOKENS_PER_PARAM
@@ -147,7 +148,10 @@ run_tokens = tc.max_iters * tc.batch_size * tc.block_size * tc.grad_accum_steps
 goal = {"gpu-dense": 0.45, "gpu": 0.35, "gpu-nocompile": 0.35}
 summary = {"corpus": {"source": meta["source"], "smoke": smoke, "train_tokens": meta["train_tokens"],
                       "engine": meta.get("engine")},
-           "suggested_run": {"tokens": run_tokens, "tokens_per_param_of_gpu_dense": TOKENS_PER_PARAM}}
+           "suggested_run": {"tokens": run_tokens, "tokens_per_param_of_gpu_dense": TOKENS_PER_PARAM},
+           # the settings this run used, so that docs/LOG.md can quote the exact command
+           "settings": {k: os.environ.get(k) for k in ("DRY", "DENSE_S", "MOE_S", "ITERS", "CORPUS",
+                                                       "REAL_TOKENS", "SMOKE_TXT", "DATA")}}
 for name in ("gpu-dense", "gpu", "gpu-nocompile"):
     path = runs / name / "metrics.jsonl"
     if not path.exists():
