@@ -1,6 +1,8 @@
 """The training loop: AdamW, warmup + cosine, clipping, gradient accumulation, bf16 autocast on
-GPU, optional torch.compile, eval, tqdm progress, metrics as JSON lines, tokens/s and MFU;
-checkpoints (minids.checkpoint) with exact resume.
+GPU, eval, tqdm progress, metrics as JSON lines, tokens/s and MFU; checkpoints (minids.checkpoint)
+with exact resume. Around it, each in its own module: the optimizer and schedules (minids.optim),
+the run folder and its metrics (minids.rundir), what can stop a run (minids.guards) and
+torch.compile (minids.compiling).
 
 Many GPUs: launch the same command under torchrun (`torchrun --nproc_per_node=8 -m minids train
 ...`, see minids.distributed). Every rank runs `train`, wraps the model in DDP (or shards it with
@@ -12,300 +14,38 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import CHECKPOINT, NonFiniteError, restore_train_state, save_train_state
+from .compiling import compile_model, set_mtp_weight, step_loss, use_fused_adamw, warm_up_compiled
 from .config import ModelConfig, TrainConfig
 from .data import get_batch, load_dataset
-from .distributed import World, full_tensor
-from .files import atomic_write_bytes, remove_stale_temps
+from .distributed import World
 from .flops import flops_per_token, peak_flops
+from .guards import (
+    DivergenceWatch,
+    TrainingDiverged,
+    TrainingOutOfMemory,
+    check_device,
+    diverged_error,
+    out_of_memory_explained,
+)
 from .model import MiniDeepSeek
-from .moe import max_violation
+from .optim import lr_at, make_optimizer, mtp_weight_at, total_grad_norm
+from .rundir import LOCK, METRICS, json_record, lock_folder, open_metrics, prepare_out_dir, step_record
 
-
-def lr_at(it: int, tc: TrainConfig) -> float:
-    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then flat."""
-    decay_iters = tc.lr_decay_iters or tc.max_iters
-    if it < tc.warmup_iters:
-        return tc.learning_rate * (it + 1) / (tc.warmup_iters + 1)
-    if it >= decay_iters:
-        return tc.min_lr
-    ratio = (it - tc.warmup_iters) / max(decay_iters - tc.warmup_iters, 1)
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.learning_rate - tc.min_lr)
-
-
-def mtp_weight_at(it: int, tc: TrainConfig, base: float) -> float:
-    """V3's lambda schedule: `base` (0.3) first, `mtp_loss_weight_final` (0.1) after the switch."""
-    if tc.mtp_loss_weight_final is not None and it >= tc.mtp_loss_switch * tc.max_iters:
-        return tc.mtp_loss_weight_final
-    return base
-
-
-def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms, biases or embeddings' 1-D params)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=use_fused_adamw(tc))
-
-
-def use_fused_adamw(tc: TrainConfig) -> bool:
-    """AdamW's fused kernel (one pass over all parameters) on a GPU, and on the CPU in compiled
-    runs. It agrees with the default (foreach) AdamW to float rounding (~1e-7 relative per step,
-    tests/package/test_compile.py) but not bit for bit, so eager CPU runs keep the default and
-    reproduce the course's stored numbers exactly. FSDP2's DTensors take the foreach path."""
-    return (tc.device.startswith("cuda") or tc.compile) and not tc.fsdp
-
-
-# ------------------------------------------------------------------------------ torch.compile
-def compile_model(module: torch.nn.Module) -> torch.nn.Module:
-    """torch.compile (inductor) of the model's forward; AOTAutograd compiles its backward with it.
-    On CPU inductor writes C++ kernels (needs a C++ compiler) that fuse the elementwise work of
-    RMSNorm, RoPE, SwiGLU, the residual adds and the loss; the matmuls stay library calls. The
-    model is written so that the training and the eval forward each trace as ONE graph (no graph
-    break; MoE layers dispatch through minids::grouped_mm while compiling)."""
-    return torch.compile(module)
-
-
-def set_mtp_weight(model: MiniDeepSeek, lam: float, compiled: bool) -> None:
-    """Give the model this step's MTP weight lambda (V3 schedules it: 0.3, then 0.1). A compiled
-    graph holds lambda as a constant, so changing it would recompile the training and the eval
-    graph: compiled runs keep the traced value and `step_loss` adds the difference instead. Only a
-    switch to or from 0 (which adds or drops the MTP block's balance loss) is passed on."""
-    if not len(model.mtp):
-        return                                         # no MTP module: lambda is never read
-    if compiled and (lam > 0) == (model.mtp_loss_weight > 0):
-        return
-    model.mtp_loss_weight = lam
-
-
-def step_loss(out, model: MiniDeepSeek, lam: float) -> torch.Tensor:
-    """main + lambda * L_MTP + balance for this step's lambda: out.loss itself unless the compiled
-    graph traced another lambda (then the same loss up to float rounding)."""
-    if out.mtp_loss is None or lam == model.mtp_loss_weight:
-        return out.loss
-    return out.loss + (lam - model.mtp_loss_weight) * out.mtp_loss
-
-
-def warm_up_compiled(fwd_model, model: MiniDeepSeek, x: torch.Tensor, y: torch.Tensor, autocast,
-                     device: str) -> float:
-    """Compile before the clock starts: one training forward + backward and one eval forward on
-    (x, y), then leave no trace (gradients dropped, MoE load counts zeroed, RNG restored).
-    Returns the seconds it took: the compile time, reported apart from the step time."""
-    t = time.perf_counter()
-    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
-        with autocast:
-            fwd_model(x, y).loss.backward()
-        model.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.no_grad(), autocast:
-            fwd_model(x, y)
-        model.train()
-    for m in model.moe_layers():
-        m.load.zero_()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
-# ------------------------------------------------------------------------------ what can stop a run
-METRICS = "metrics.jsonl"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradients became NaN/inf: the run stopped and wrote no checkpoint after it.
-    `step`: the first bad step; `checkpoint_step`: the step of the last good checkpoint (or None)."""
-
-    def __init__(self, message: str, step: int, checkpoint_step: int | None):
-        super().__init__(message)
-        self.step, self.checkpoint_step = step, checkpoint_step
-
-
-class TrainingOutOfMemory(MemoryError):
-    """An allocation failed (the model or the batch does not fit); the message says what to change."""
-
-
-def check_device(device: str) -> None:
-    """`device` names a device this torch can use: "cpu", "cuda", "cuda:N" (a visible GPU) or "mps"."""
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} must be 'cpu', 'cuda' or 'cuda:N'") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch is built for the CPU only" if torch.version.cuda is None
-                   else "torch sees no CUDA GPU here")
-            raise ValueError(f"device={device!r}, but {why}; use device='cpu'")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}, but only {torch.cuda.device_count()} GPU(s) are visible")
-    elif d.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'")
-    elif d.type != "cpu":
-        raise ValueError(f"device={device!r} must be 'cpu', 'cuda' or 'cuda:N'")
-
-
-def prepare_out_dir(tc: TrainConfig, resume: bool, overwrite: bool, world: World,
-                    held: contextlib.ExitStack | None = None) -> Path | None:
-    """Check out_dir before anything is built, and create it. A folder that already holds a run
-    (a checkpoint or metrics) is continued only with `resume`, replaced only with `overwrite`
-    (its checkpoint and metrics are deleted now), and otherwise refused: a second run never
-    silently replaces the first. With `held`, rank 0 also locks the folder for the run (a lock
-    the system drops when the process ends, even killed): a run started meanwhile is refused."""
-    if tc.out_dir is None:
-        if resume:
-            raise FileNotFoundError("resume=True but out_dir=None: there is no checkpoint to resume from")
-        return None
-    if not str(tc.out_dir).strip():
-        raise ValueError("out_dir='' must name a folder (out_dir=None writes nothing)")
-    if resume and overwrite:
-        raise ValueError("resume=True continues the run in out_dir, overwrite=True replaces it: choose one")
-    out = Path(tc.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={tc.out_dir!r} is a file, not a folder")
-    ckpt, metrics = out / CHECKPOINT, out / METRICS
-    if resume and not ckpt.exists():
-        raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt}")
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if held is not None:
-            held.enter_context(lock_folder(out))
-    existing = [p.name for p in (ckpt, metrics) if p.exists()]
-    if existing and not resume and not overwrite:
-        raise ValueError(f"out_dir={tc.out_dir!r} already holds a run ({', '.join(existing)}): continue it with "
-                         "--resume (resume=True), replace it with --overwrite (overwrite=True), or pick another "
-                         "out_dir")
-    if world.is_main:
-        if overwrite:
-            for p in (ckpt, metrics):
-                p.unlink(missing_ok=True)
-        remove_stale_temps(ckpt)                       # left by a write that was killed
-    return out
-
-
-LOCK = ".minids.lock"
-
-
-@contextlib.contextmanager
-def lock_folder(folder: Path):
-    """An exclusive lock on folder/.minids.lock for as long as the context lasts (POSIX flock;
-    where fcntl does not exist, e.g. on Windows, no lock)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    f = open(folder / LOCK, "a")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-            f.close()
-            raise ValueError(f"out_dir={str(folder)!r} is in use by another training run (it holds the lock "
-                             f"{folder / LOCK}); wait for it to end, or pick another out_dir") from None
-        # any other error: a file system without locks, the run goes on unlocked
-    try:
-        yield
-    finally:
-        f.close()
-
-
-def open_metrics(out: Path, start: int, resume: bool):
-    """metrics.jsonl for appending. On resume, first cut it back to what the checkpoint at `start`
-    had seen (step records before `start`, evals up to `start`) and drop a line cut by a crash,
-    so the steps the resumed run repeats are not recorded twice."""
-    path = out / METRICS
-    if resume and path.exists():
-        keep = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("iter"), int) and (
-                    rec["iter"] < start or (rec.get("eval") and rec["iter"] <= start)):
-                keep.append(line + "\n")
-        atomic_write_bytes(path, "".join(keep).encode())
-    return open(path, "a", encoding="utf-8")
-
-
-def json_record(rec: dict) -> str:
-    """One line of strict JSON: NaN and inf (which json.dumps would write as NaN / Infinity, and
-    strict parsers reject) become null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(rec), allow_nan=False)
-
-
-class DivergenceWatch:
-    """Notices a non-finite loss or gradient without a host sync per step. Each step adds a few
-    device ops: isfinite of the step's summed loss and of the gradient norm (which every NaN/inf
-    gradient reaches), folded into `first_bad`, the first bad step (-1: none). The host reads that
-    one number only at steps where it waits for the device anyway: logged, evaluated and
-    checkpointed steps. So a run that diverges stops at the next such step, before any checkpoint."""
-
-    def __init__(self, device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-
-    def update(self, it: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        ok = torch.isfinite(loss.detach().float()) & torch.isfinite(full_tensor(grad_norm).detach().float())
-        self.first_bad = torch.where(~ok & (self.first_bad < 0), it, self.first_bad)
-
-    def check(self, world: World) -> int | None:
-        """The first bad step (on any rank: every rank gets the same answer), or None."""
-        bad = [f for f in distributed.gather_objects(int(self.first_bad), world) if f >= 0]
-        return min(bad) if bad else None
-
-
-def total_grad_norm(model: torch.nn.Module, tc: TrainConfig) -> torch.Tensor:
-    """Clip to tc.grad_clip and return the norm before clipping; without clipping, the norm alone."""
-    if tc.grad_clip > 0:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-
-
-def _diverged(tc: TrainConfig, first: int, it: int, lr: float, ckpt: Path | None, saved_at: int | None,
-              what: str = "") -> TrainingDiverged:
-    if ckpt is None:
-        kept = "nothing is written (out_dir=None)"
-    elif saved_at is None:
-        kept = "this run wrote no checkpoint"
-    else:
-        kept = f"the last good checkpoint, {ckpt}, is from step {saved_at} and was left as it is"
-    return TrainingDiverged(
-        f"training diverged: {what or f'the loss or the gradients became NaN/inf at step {first} (seen at step {it})'}"
-        f"; stopped, {kept}. Lower the learning rate (now {lr:.3g}), lengthen the warmup or clip the gradients "
-        "(grad_clip), then resume.", first, saved_at)
-
-
-def _out_of_memory(tc: TrainConfig, e: BaseException) -> TrainingOutOfMemory:
-    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    return TrainingOutOfMemory(
-        f"out of memory on {tc.device} ({msg}): the model or the micro-batch (batch_size={tc.batch_size} x "
-        f"block_size={tc.block_size} tokens) does not fit; lower batch_size (raise grad_accum_steps to keep "
-        "the tokens per step) or block_size, or train a smaller model")
-
-
-_ALLOC_ERRORS = ("can't allocate memory", "out of memory", "Overflow when unpacking long")
+__all__ = ["TrainResult", "estimate_loss", "plan_line", "train",
+           # re-exported: the CLI, notebooks and tests import these from minids.train
+           "lr_at", "make_optimizer", "mtp_weight_at", "total_grad_norm", "use_fused_adamw", "compile_model",
+           "set_mtp_weight", "step_loss", "warm_up_compiled", "check_device", "DivergenceWatch",
+           "TrainingDiverged", "TrainingOutOfMemory", "LOCK", "METRICS", "lock_folder", "open_metrics",
+           "prepare_out_dir", "json_record"]
 
 
 def plan_line(model_cfg: ModelConfig, tc: TrainConfig, world_size: int = 1) -> str:
@@ -376,16 +116,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
     check_device(tc.device)
     world = distributed.setup(tc.device)
     try:
-        with contextlib.ExitStack() as held:             # out_dir's lock, released however the run ends
-            return _train(model_cfg, tc, resume, dataset, callback, world, overwrite, held)
-    except (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)) as e:
-        if isinstance(e, TrainingOutOfMemory):
-            raise
-        raise _out_of_memory(tc, e) from None
-    except RuntimeError as e:
-        if any(s in str(e) for s in _ALLOC_ERRORS):
-            raise _out_of_memory(tc, e) from None
-        raise
+        with out_of_memory_explained(tc), contextlib.ExitStack() as held:   # held: out_dir's lock, released
+            return _train(model_cfg, tc, resume, dataset, callback, world, overwrite, held)  # however it ends
     finally:
         distributed.teardown(world)
 
@@ -393,18 +125,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
 def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, world: World,
            overwrite: bool = False, held: contextlib.ExitStack | None = None) -> TrainResult:
     out_dir = prepare_out_dir(tc, resume, overwrite, world, held)   # before anything is built
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.device == "cuda" and world.size > 1:
-        tc = tc.replace(device=f"cuda:{world.local_rank}")          # one GPU per rank
-    if tc.fsdp and world.size == 1:
-        raise ValueError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
-    torch.manual_seed(tc.seed)                                       # the same init on every rank
-    dataset = dataset or load_dataset(tc.dataset, tc.tokenizer)
-    model_cfg = model_cfg.replace(vocab_size=dataset.tokenizer.vocab_size)
-    if tc.block_size > model_cfg.max_position_embeddings:
-        raise ValueError(f"block_size={tc.block_size} must be <= max_position_embeddings="
-                         f"{model_cfg.max_position_embeddings}")
+    model_cfg, tc, dataset = _settle(model_cfg, tc, dataset, world)
     model = MiniDeepSeek(model_cfg).to(tc.device)
     if tc.fsdp:
         distributed.shard_model(model)       # before the optimizer: it must hold the sharded params
@@ -412,10 +133,8 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
     gen = torch.Generator().manual_seed(tc.seed)       # the global batch stream, equal on all ranks
     if world.size > 1:
         torch.manual_seed(tc.seed + world.rank)        # dropout masks differ between ranks
-    start = 0
     ckpt = out_dir / CHECKPOINT if out_dir else None
-    if resume:
-        start = restore_train_state(ckpt, model, optimizer, gen, world)
+    start = restore_train_state(ckpt, model, optimizer, gen, world) if resume else 0
     saved_at = start if resume else None                # the step of the last good checkpoint
     train_model = distributed.wrap_ddp(model, tc.device, world) if world.size > 1 and not tc.fsdp else model
     fwd_model = compile_model(train_model) if tc.compile else train_model   # used for train and eval
@@ -440,6 +159,9 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             metrics.write(json_record(rec) + "\n")
             metrics.flush()
 
+    def next_batch():                                   # this rank's slice of the next global batch
+        return get_batch(dataset.train, tc.batch_size, tc.block_size, gen, tc.device, world.rank, world.size)
+
     bar = tqdm(range(start, tc.max_iters), initial=start, total=tc.max_iters,
                disable=not (tc.progress and world.is_main),
                desc="train", dynamic_ncols=True, mininterval=1.0)   # few redraws: cheap in notebooks
@@ -453,22 +175,9 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             g["lr"] = lr
         lam = mtp_weight_at(it, tc, model_cfg.mtp_loss_weight)
         set_mtp_weight(model, lam, tc.compile)
-        loss_sum = 0.0
-        for micro in range(tc.grad_accum_steps):
-            x, y = get_batch(dataset.train, tc.batch_size, tc.block_size, gen, tc.device,
-                             world.rank, world.size)                # this rank's slice
-            with distributed.grad_sync(train_model, micro == tc.grad_accum_steps - 1):
-                with autocast:
-                    out = fwd_model(x, y)
-                out.loss = step_loss(out, model, lam)
-                (out.loss / tc.grad_accum_steps).backward()
-            loss_sum = out.loss.detach() + loss_sum                  # stays on the device: no sync
-        grad_norm = total_grad_norm(model, tc)
+        out, loss_sum, grad_norm, loads = _step(model, train_model, fwd_model, optimizer, next_batch, lam, tc,
+                                                autocast)
         watch.update(it, loss_sum, grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loads = [m.load.clone() for m in model.moe_layers()]       # this rank's tokens per expert
-        model.update_router_biases()                 # all-reduces the loads: equal biases everywhere
         tokens_since += tokens_per_iter
         last = it == tc.max_iters - 1
         logging = it % tc.log_interval == 0 or last
@@ -481,7 +190,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             now = time.perf_counter()
             tps = tokens_since / max(now - t_log, 1e-9)
             t_log, tokens_since = now, 0
-            rec = _step_record(it, out, lr, tps, grad_norm if tc.grad_clip > 0 else None, loads, world)
+            rec = step_record(it, out, lr, tps, grad_norm if tc.grad_clip > 0 else None, loads, world)
             if peak:
                 rec["mfu"] = tps * fpt / (peak * world.size)         # per-GPU utilisation
             log(rec)
@@ -489,7 +198,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             if callback and first_bad is None:
                 callback(it, rec)
         if first_bad is not None:
-            raise _diverged(tc, first_bad, it, lr, ckpt, saved_at)
+            raise diverged_error(tc, first_bad, it, lr, ckpt, saved_at)
         if evaluating:
             ev = {"iter": it + 1, **estimate_loss(fwd_model, dataset, tc, autocast, world)}
             result.evals.append(ev)
@@ -499,7 +208,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
             try:
                 save_train_state(ckpt, model, optimizer, gen, it + 1, meta, world)   # rank 0 writes
             except NonFiniteError as e:               # finite loss and gradients, but the weights are not
-                raise _diverged(tc, it, it, lr, ckpt, saved_at, what=f"after step {it}: {e}") from None
+                raise diverged_error(tc, it, it, lr, ckpt, saved_at, what=f"after step {it}: {e}") from None
             saved_at = it + 1
     bar.close()
     result.wall_s = time.perf_counter() - t0
@@ -509,19 +218,44 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
     return result
 
 
-def _step_record(it, out, lr, tps, grad_norm, loads, world: World) -> dict:
-    """What a logged step reports: the losses (means over the ranks' slices: the global batch's),
-    lr, tokens/s, the gradient norm, and per MoE layer MaxVio and this rank's tokens per expert."""
-    names = [k for k in ("loss", "main_loss", "mtp_loss", "aux_loss") if getattr(out, k) is not None]
-    vals = distributed.mean_over_ranks([getattr(out, k) for k in names], world)
-    rec = {"iter": it, **dict(zip(names[:2], vals[:2], strict=True)), "lr": lr, "tokens_per_s": tps}
-    rec.update(zip(names[2:], vals[2:], strict=True))
-    if grad_norm is not None:
-        rec["grad_norm"] = float(grad_norm)
-    if loads:
-        rec["max_vio"] = [max_violation(ld) for ld in loads]
-        rec["expert_load"] = [ld.tolist() for ld in loads]
-    return rec
+def _settle(model_cfg: ModelConfig, tc: TrainConfig, dataset, world: World):
+    """(model_cfg, tc, dataset) as this rank trains them: its threads and GPU, the same init seed
+    on every rank, the data loaded and the vocabulary taken from its tokenizer."""
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if tc.device == "cuda" and world.size > 1:
+        tc = tc.replace(device=f"cuda:{world.local_rank}")          # one GPU per rank
+    if tc.fsdp and world.size == 1:
+        raise ValueError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
+    torch.manual_seed(tc.seed)                                       # the same init on every rank
+    dataset = dataset or load_dataset(tc.dataset, tc.tokenizer)
+    model_cfg = model_cfg.replace(vocab_size=dataset.tokenizer.vocab_size)
+    if tc.block_size > model_cfg.max_position_embeddings:
+        raise ValueError(f"block_size={tc.block_size} must be <= max_position_embeddings="
+                         f"{model_cfg.max_position_embeddings}")
+    return model_cfg, tc, dataset
+
+
+def _step(model, train_model, fwd_model, optimizer, next_batch, lam: float, tc: TrainConfig, autocast):
+    """One optimizer step: grad_accum_steps micro-batches forward and backward (the gradients
+    all-reduced on the last one), clipping, AdamW, the router biases' update (V3's aux-loss-free
+    balancing, sec. 2.1.2). Returns the last micro-batch's output, the summed loss and the
+    gradient norm (both left on the device: no sync), and this rank's tokens per expert."""
+    loss_sum = 0.0
+    for micro in range(tc.grad_accum_steps):
+        x, y = next_batch()
+        with distributed.grad_sync(train_model, micro == tc.grad_accum_steps - 1):
+            with autocast:
+                out = fwd_model(x, y)
+            out.loss = step_loss(out, model, lam)
+            (out.loss / tc.grad_accum_steps).backward()
+        loss_sum = out.loss.detach() + loss_sum
+    grad_norm = total_grad_norm(model, tc)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loads = [m.load.clone() for m in model.moe_layers()]
+    model.update_router_biases()                 # all-reduces the loads: equal biases everywhere
+    return out, loss_sum, grad_norm, loads
 
 
 def _device_peak(tc: TrainConfig) -> float | None:
