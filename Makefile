@@ -11,7 +11,7 @@ THREADS ?= 1
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[course,dev,hf]'
+	$(BIN)/pip install --quiet -e '.[course,dev,hf,data]'
 	touch $(STAMP)
 
 setup: $(STAMP)
