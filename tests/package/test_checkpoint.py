@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import minids.checkpoint as C
+import minids.checkpoint_checks as CC
 import minids.files as F
 from minids.config import get_preset
 from minids.data import CharTokenizer
@@ -218,7 +219,8 @@ def test_metadata_describing_another_model_builds_nothing(good, monkeypatch, cha
     def spy(cfg):
         built.append((cfg.hidden_size, cfg.num_hidden_layers, str(torch.get_default_device())))
         return real(cfg)
-    monkeypatch.setattr(C, "MiniDeepSeek", spy)
+    monkeypatch.setattr(C, "MiniDeepSeek", spy)           # the model load_model builds
+    monkeypatch.setattr(CC, "MiniDeepSeek", spy)          # the shapes-only one of check_model_shapes
     forge(good, meta_fn=lambda m: m["config"].update(change) and None)
     with pytest.raises(ValueError, match=words) as e:
         C.load_model(good)
