@@ -1,9 +1,8 @@
 """A corpus -> a token folder (the format of `tokenfiles`): `python -m minids prepare SOURCE OUT`.
 
 Sources: "shakespeare" (offline, the course's smoke-run corpus), an online data set of Hugging Face
-`datasets` by name (`ONLINE`: TinyStories, a FineWeb-Edu sample; streamed, so only the documents
-read are downloaded), or local files (.jsonl/.json, .txt, .parquet; a file, a folder of them or a
-glob), which `datasets` reads offline (without it: jsonl and txt in plain Python).
+`datasets` by name (`ONLINE`), or local .jsonl/.json/.txt/.parquet files: minids.data.sources reads
+them (`iter_documents`, importable from here too).
 
 The tokenizer is the course's byte-level BPE (minids.data.bpe), trained on the first
 `bpe_sample_bytes` of text. With Hugging Face's Rust `tokenizers` installed (engine "auto" or
@@ -15,8 +14,6 @@ neither library. `datasets` and `tokenizers` are the `data` extra: `pip install 
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import itertools
 import json
 import time
@@ -28,95 +25,10 @@ from ..files import atomic_write_bytes
 from . import fastbpe
 from .bpe import BPETokenizer, train_bpe
 from .corpus import shakespeare_text
+from .sources import ONLINE, iter_documents
 from .tokenfiles import VAL_FRACTION, TokenWriter, token_dtype
 
-ONLINE = {  # name -> (hub id, config, text field)
-    "tinystories": ("roneneldan/TinyStories", None, "text"),
-    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
-}
-_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
 ENGINES = ("auto", "tokenizers", "course")
-
-
-def _local_files(source: str) -> list[Path]:
-    """A file, a folder (its files of one known kind) or a glob -> sorted files; [] if none."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in _BUILDERS and p.is_file())
-        if not files:
-            raise ValueError(f"source={source!r} is a folder without {'/'.join(_BUILDERS)} files")
-    elif any(ch in source for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(source) if Path(p).suffix in _BUILDERS)
-    else:
-        files = [path] if path.suffix in _BUILDERS and path.is_file() else []
-    kinds = {_BUILDERS[p.suffix] for p in files}
-    if len(kinds) > 1:
-        raise ValueError(f"source={source!r} mixes file kinds ({', '.join(sorted(kinds))}): prepare one kind at a time")
-    return files
-
-
-def _plain_rows(path: Path):
-    """Rows of a .jsonl/.json/.txt file without `datasets` (a .txt file is one document)."""
-    if _BUILDERS[path.suffix] == "text":
-        yield {"text": path.read_text(encoding="utf-8")}
-        return
-    if _BUILDERS[path.suffix] != "json":
-        raise RuntimeError(f"reading {path} ({path.suffix}) needs `pip install datasets`")
-    with open(path, encoding="utf-8") as f:
-        first = f.read(1)
-        f.seek(0)
-        if first == "[":
-            try:
-                yield from json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-            return
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}, line {n}: not valid JSON ({e})") from None
-
-
-def iter_documents(source: str, text_field: str = "text", max_docs: int | None = None,
-                   use_datasets: bool | None = None):
-    """Yield documents (str) from an online data set name (see ONLINE) or local file(s). Errors
-    name the file (or data set) and the field."""
-    if use_datasets is None:
-        use_datasets = importlib.util.find_spec("datasets") is not None
-    if source in ONLINE:
-        if not use_datasets:
-            raise RuntimeError(f"the {source!r} data set needs `pip install datasets` and a network")
-        import datasets
-        hub, config, text_field = ONLINE[source]
-        rows = datasets.load_dataset(hub, config, split="train", streaming=True)
-        where = f"data set {hub}" + (f" ({config})" if config else "")
-    else:
-        files = _local_files(source)
-        if not files:
-            raise ValueError(f"source={source!r} must be one of {sorted(ONLINE)}, 'shakespeare', or an existing "
-                             f"{'/'.join(_BUILDERS)} file, a folder of them or a glob")
-        builder = _BUILDERS[files[0].suffix]
-        where = str(files[0]) if len(files) == 1 else f"{len(files)} files {files[0]} ... {files[-1]}"
-        if use_datasets:
-            import datasets
-            kw = {"sample_by": "document"} if builder == "text" else {}
-            rows = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
-                                         streaming=True, **kw)
-        else:
-            rows = itertools.chain.from_iterable(_plain_rows(p) for p in files)
-    for n, row in enumerate(itertools.islice(rows, max_docs)):
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}, row {n}: expected an object with a {text_field!r} field, got "
-                             f"{type(row).__name__}")
-        if text_field not in row:
-            raise ValueError(f"text_field={text_field!r} is not a column of {where} (row {n}); columns: "
-                             f"{sorted(row)}")
-        text = row[text_field]
-        if not isinstance(text, str):
-            raise ValueError(f"{where}, row {n}: field {text_field!r} holds {type(text).__name__}, not text")
-        yield text
 
 
 def _engine(engine: str) -> bool:
@@ -151,30 +63,10 @@ def prepare_dataset(source: str, out_dir, vocab_size: int = 4096, tokenizer=None
     out.mkdir(parents=True, exist_ok=True)
     docs_iter = iter([shakespeare_text()]) if source == "shakespeare" else \
         iter_documents(source, text_field, max_docs, use_datasets)
-    head: list[str] = []
+    head: list[str] = []           # the documents read to train the BPE, tokenized first
     t_bpe = 0.0
-    if tokenizer is None:          # read documents until the BPE sample is big enough
-        size = 0
-        for d in docs_iter:
-            head.append(d)
-            size += len(d)
-            if size >= bpe_sample_bytes:
-                break
-        sample = "".join(head).encode("utf-8")[:bpe_sample_bytes]
-        if not sample:
-            raise ValueError(f"source={source!r} holds no text to train a tokenizer on")
-        t = time.perf_counter()
-        merges = None
-        if fast:
-            try:
-                merges = fastbpe.train_bpe_fast(sample, vocab_size)
-            except RuntimeError as e:              # a tokenizers version that numbers differently
-                if log:
-                    log(f"tokenizers could not reproduce the course's merges ({e}); training with minids")
-        tokenizer = BPETokenizer(merges if merges is not None else train_bpe(sample, vocab_size))
-        t_bpe = time.perf_counter() - t
-        if log:
-            log(f"BPE of {tokenizer.vocab_size} tokens trained on {len(sample):,} bytes in {t_bpe:.1f} s")
+    if tokenizer is None:
+        tokenizer, head, t_bpe = _train_tokenizer(docs_iter, source, vocab_size, bpe_sample_bytes, fast, log)
     encoder = None
     if fast and isinstance(tokenizer, BPETokenizer):
         try:
@@ -217,6 +109,33 @@ def prepare_dataset(source: str, out_dir, vocab_size: int = 4096, tokenizer=None
             "engine": engine_name, "bpe_seconds": round(t_bpe, 2), "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=1).encode())
     return out
+
+
+def _train_tokenizer(docs_iter, source: str, vocab_size: int, bpe_sample_bytes: int, fast: bool, log):
+    """A BPE trained on the first `bpe_sample_bytes` of the documents: (tokenizer, the documents
+    read for it, seconds). `tokenizers` trains it when `fast` and it reproduces the course's merges."""
+    head, size = [], 0
+    for d in docs_iter:            # read documents until the BPE sample is big enough
+        head.append(d)
+        size += len(d)
+        if size >= bpe_sample_bytes:
+            break
+    sample = "".join(head).encode("utf-8")[:bpe_sample_bytes]
+    if not sample:
+        raise ValueError(f"source={source!r} holds no text to train a tokenizer on")
+    t = time.perf_counter()
+    merges = None
+    if fast:
+        try:
+            merges = fastbpe.train_bpe_fast(sample, vocab_size)
+        except RuntimeError as e:              # a tokenizers version that numbers differently
+            if log:
+                log(f"tokenizers could not reproduce the course's merges ({e}); training with minids")
+    tokenizer = BPETokenizer(merges if merges is not None else train_bpe(sample, vocab_size))
+    t_bpe = time.perf_counter() - t
+    if log:
+        log(f"BPE of {tokenizer.vocab_size} tokens trained on {len(sample):,} bytes in {t_bpe:.1f} s")
+    return tokenizer, head, t_bpe
 
 
 def _version(name: str) -> str:
