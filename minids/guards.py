@@ -88,7 +88,7 @@ _ALLOC_ERRORS = ("can't allocate memory", "out of memory", "Overflow when unpack
 
 
 @contextlib.contextmanager
-def out_of_memory_explained(tc: TrainConfig):
+def explain_oom(tc: TrainConfig):
     """An allocation that fails inside (torch's OutOfMemoryError, a MemoryError, or a RuntimeError
     that says so) leaves as TrainingOutOfMemory, naming the sizes to lower."""
     try:

@@ -27,15 +27,8 @@ from .compiling import compile_model, set_mtp_weight, step_loss, use_fused_adamw
 from .config import ModelConfig, TrainConfig
 from .data import get_batch, load_dataset
 from .distributed import World
-from .flops import flops_per_token, peak_flops
-from .guards import (
-    DivergenceWatch,
-    TrainingDiverged,
-    TrainingOutOfMemory,
-    check_device,
-    diverged_error,
-    out_of_memory_explained,
-)
+from .flops import flops_per_token, param_count, peak_flops
+from .guards import DivergenceWatch, TrainingDiverged, TrainingOutOfMemory, check_device, diverged_error, explain_oom
 from .model import MiniDeepSeek
 from .optim import lr_at, make_optimizer, mtp_weight_at, total_grad_norm
 from .rundir import LOCK, METRICS, json_record, lock_folder, open_metrics, prepare_out_dir, step_record
@@ -50,7 +43,6 @@ __all__ = ["TrainResult", "estimate_loss", "plan_line", "train",
 
 def plan_line(model_cfg: ModelConfig, tc: TrainConfig, world_size: int = 1) -> str:
     """What a run will do, in one line (the CLI prints it before training starts)."""
-    from .flops import param_count
     tokens_per_step = tc.batch_size * tc.block_size * tc.grad_accum_steps * world_size
     total = tokens_per_step * tc.max_iters
     n = param_count(model_cfg).total
@@ -116,8 +108,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, resume: bool = False, dataset
     check_device(tc.device)
     world = distributed.setup(tc.device)
     try:
-        with out_of_memory_explained(tc), contextlib.ExitStack() as held:   # held: out_dir's lock, released
-            return _train(model_cfg, tc, resume, dataset, callback, world, overwrite, held)  # however it ends
+        with explain_oom(tc), contextlib.ExitStack() as held:   # held: out_dir's lock, released however it ends
+            return _train(model_cfg, tc, resume, dataset, callback, world, overwrite, held)
     finally:
         distributed.teardown(world)
 
