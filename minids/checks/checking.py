@@ -58,9 +58,9 @@ itself).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import copy
 import importlib
+import inspect
 import math
 import numbers
 from collections.abc import Iterable, Sequence
