@@ -7,10 +7,13 @@ THREADS ?= 1
 
 .PHONY: setup lab test test-fast test-notebooks test-portability train exercises bench slides clean
 
-# A CPU build of torch is installed first (pinned), so that nothing later pulls a CUDA build.
+# torch is installed first (pinned), so that nothing later pulls another build. Where pip's default index
+# serves a CUDA build (PyPI on Linux), `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# takes PyTorch's CPU build instead.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[course,dev,hf,data]'
 	touch $(STAMP)
 
