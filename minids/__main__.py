@@ -199,8 +199,12 @@ COMMANDS = {"train": _train, "sample": _sample, "bench": _bench, "cost": _cost, 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m minids {{{'|'.join(COMMANDS)}}} ...")
-        raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+        usage = f"usage: python -m minids {{{'|'.join(COMMANDS)}}} ..."
+        if not argv or argv[0] in ("-h", "--help"):
+            print(usage)
+            raise SystemExit(0)
+        print(f"error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)}\n{usage}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         COMMANDS[argv[0]](argv[1:])
     except (ValueError, OSError, MemoryError) as e:    # bad input, a file, memory: one clear line, no traceback

@@ -49,6 +49,7 @@ TRAIN_RULES = {
     "lr_decay_iters": "int >= 1 or None", "weight_decay": "number >= 0", "beta1": "number in [0, 1]",
     "beta2": "number in [0, 1]", "grad_clip": "number >= 0", "eval_interval": "int >= 1", "eval_iters": "int >= 1",
     "log_interval": "int >= 1", "num_threads": "int >= 0", "checkpoint_interval": "int >= 0",
+    "seed": "int in [0, 4294967295]",
     "dtype": "one of float32, bfloat16, float16", "mtp_loss_switch": "number in [0, 1]",
     "mtp_loss_weight_final": "number >= 0 or None",
 }

@@ -24,6 +24,16 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=use_fused_adamw(tc))
 
 
+def apply_settings(optimizer: torch.optim.AdamW, tc: TrainConfig) -> None:
+    """A resumed run follows its TrainConfig, not the checkpoint's: loading an optimizer's state also
+    loads its groups' weight decay and betas, which would silently override --weight-decay/--beta1/
+    --beta2 given with --resume (the learning rate is set every step anyway)."""
+    decay, no_decay = optimizer.param_groups          # as make_optimizer builds them
+    decay["weight_decay"], no_decay["weight_decay"] = tc.weight_decay, 0.0
+    for group in optimizer.param_groups:
+        group["betas"] = (tc.beta1, tc.beta2)
+
+
 def lr_at(it: int, tc: TrainConfig) -> float:
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then flat."""
     decay_iters = tc.lr_decay_iters or tc.max_iters

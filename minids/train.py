@@ -30,13 +30,13 @@ from .distributed import World
 from .flops import flops_per_token, param_count, peak_flops
 from .guards import DivergenceWatch, TrainingDiverged, TrainingOutOfMemory, check_device, diverged_error, explain_oom
 from .model import MiniDeepSeek
-from .optim import lr_at, make_optimizer, mtp_weight_at, total_grad_norm
+from .optim import apply_settings, lr_at, make_optimizer, mtp_weight_at, total_grad_norm
 from .rundir import LOCK, METRICS, json_record, lock_folder, open_metrics, prepare_out_dir, step_record
 
 __all__ = ["TrainResult", "estimate_loss", "plan_line", "train",
            # re-exported: the CLI, notebooks and tests import these from minids.train
-           "lr_at", "make_optimizer", "mtp_weight_at", "total_grad_norm", "use_fused_adamw", "compile_model",
-           "set_mtp_weight", "step_loss", "warm_up_compiled", "check_device", "DivergenceWatch",
+           "apply_settings", "lr_at", "make_optimizer", "mtp_weight_at", "total_grad_norm", "use_fused_adamw",
+           "compile_model", "set_mtp_weight", "step_loss", "warm_up_compiled", "check_device", "DivergenceWatch",
            "TrainingDiverged", "TrainingOutOfMemory", "LOCK", "METRICS", "lock_folder", "open_metrics",
            "prepare_out_dir", "json_record"]
 
@@ -127,6 +127,7 @@ def _train(model_cfg: ModelConfig, tc: TrainConfig, resume, dataset, callback, w
         torch.manual_seed(tc.seed + world.rank)        # dropout masks differ between ranks
     ckpt = out_dir / CHECKPOINT if out_dir else None
     start = restore_train_state(ckpt, model, optimizer, gen, world) if resume else 0
+    apply_settings(optimizer, tc)                       # a resumed run follows tc, not the checkpoint
     saved_at = start if resume else None                # the step of the last good checkpoint
     train_model = distributed.wrap_ddp(model, tc.device, world) if world.size > 1 and not tc.fsdp else model
     fwd_model = compile_model(train_model) if tc.compile else train_model   # used for train and eval

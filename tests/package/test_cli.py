@@ -49,7 +49,8 @@ def test_cost_reproduces_the_v3_order_of_magnitude():
 
 def test_usage_and_unknown_command():
     assert run().returncode == 0
-    assert run("fly").returncode == 2
+    fly = run("fly")
+    assert fly.returncode == 2 and "unknown command 'fly'" in fly.stderr and "train" in fly.stderr
     r = run("bench")
     assert "baseline" in r.stdout
 

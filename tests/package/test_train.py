@@ -75,6 +75,36 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert metric_lines(tmp_path / "b") == metric_lines(tmp_path / "a")
 
 
+def test_resume_follows_the_new_weight_decay_and_betas(tmp_path, monkeypatch):
+    """Loading the optimizer's state loads its groups' settings too; a resumed run must follow the
+    TrainConfig it was given (--weight-decay/--beta1/--beta2 with --resume), not the checkpoint's."""
+    model = MiniDeepSeek(small_cfg())
+    old = T.make_optimizer(model, tc(weight_decay=0.5, beta1=0.8, beta2=0.9))
+    opt = T.make_optimizer(model, tc())
+    opt.load_state_dict(old.state_dict())
+    assert opt.param_groups[0]["weight_decay"] == 0.5                  # what the checkpoint held
+    T.apply_settings(opt, tc(weight_decay=0.0, beta1=0.85, beta2=0.95))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+    assert all(g["betas"] == (0.85, 0.95) for g in opt.param_groups)
+    ds = synthetic_dataset()                                          # and train() applies it on resume
+    T.train(small_cfg(), tc(tmp_path, max_iters=2, weight_decay=0.1), dataset=ds)
+    seen = []
+    real = T.apply_settings
+
+    def spy(optimizer, c):
+        real(optimizer, c)
+        seen.append([g["weight_decay"] for g in optimizer.param_groups])
+
+    monkeypatch.setattr(T, "apply_settings", spy)
+    T.train(small_cfg(), tc(tmp_path, max_iters=3, weight_decay=0.3), dataset=ds, resume=True)
+    assert seen == [[0.3, 0.0]]
+
+
+def test_seed_outside_the_range_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"seed=1180591620717411303424 must be an integer in \[0, 4294967295\]"):
+        tc(seed=2**70)
+
+
 def metric_lines(folder):
     """metrics.jsonl's records without the timings (tokens/s differs from run to run)."""
     recs = [json.loads(s) for s in (folder / "metrics.jsonl").read_text().splitlines()]
