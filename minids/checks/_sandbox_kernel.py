@@ -321,6 +321,15 @@ def zygote_main(cfg: dict) -> None:
         ctl.send(json.dumps({"op": "spawned", "pid": pid}).encode())
 
 
+def _report_failure(fd: int, stage: str, message: str) -> int:
+    """Tell the grader why this stage failed (if the socket still works); the exit code to use."""
+    try:
+        send(socket.socket(fileno=fd), {"op": "error", "stage": stage, "message": message})
+    except Exception:                                   # noqa: BLE001
+        pass
+    return 70
+
+
 def _wait_for(pid: int) -> int:
     while True:
         try:
@@ -350,11 +359,7 @@ def child_main(cfg: dict, fd: int) -> None:
                 os.close(fd)
                 code = _wait_for(kernel)
             except BaseException as e:               # noqa: BLE001
-                try:
-                    send(socket.socket(fileno=fd), {"op": "error", "stage": "sandbox", "message": f"{e}"})
-                except Exception:                       # noqa: BLE001
-                    pass
-                code = 70
+                code = _report_failure(fd, "sandbox", f"{e}")
             os._exit(code if code >= 0 else 128 - code)
         os.close(fd)
         code = _wait_for(init)
@@ -401,11 +406,7 @@ def kernel_main(cfg: dict, fd: int) -> None:
         send(sock, {"op": "ready", "level": cfg["level"], "pid": os.getpid()})
         kernel.serve()
     except BaseException as e:                       # noqa: BLE001
-        try:
-            send(socket.socket(fileno=fd), {"op": "error", "stage": "kernel", "message": f"{type(e).__name__}: {e}"})
-        except Exception:                               # noqa: BLE001
-            pass
-        code = 70
+        code = _report_failure(fd, "kernel", f"{type(e).__name__}: {e}")
     os._exit(code)
 
 

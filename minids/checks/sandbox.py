@@ -191,7 +191,8 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def close(self) -> None:
+    def _kill_process(self) -> None:
+        """SIGKILL the zygote's whole process group and reap it."""
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -199,9 +200,15 @@ class Zygote:
                 pass
             self.proc.wait()
             self.proc = None
+
+    def _close_ctl(self) -> None:
         if self.ctl is not None:
             self.ctl.close()
             self.ctl = None
+
+    def close(self) -> None:
+        self._kill_process()
+        self._close_ctl()
         if getattr(self, "log", None):
             self.log.close()
         shutil.rmtree(self.home, ignore_errors=True)
@@ -260,16 +267,8 @@ class Zygote:
         return kernel
 
     def close_ctl_only(self) -> None:
-        if self.ctl is not None:
-            self.ctl.close()
-            self.ctl = None
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait()
-            self.proc = None
+        self._close_ctl()
+        self._kill_process()
 
 
 class Kernel:
