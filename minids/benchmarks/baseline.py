@@ -107,13 +107,12 @@ def main(argv: list[str]) -> None:
         work = nanogpt_folder(Path(args.nanogpt), dataset, Path(tmp)) if args.nanogpt else None
         for r in range(args.repeats):
             rnd = []
-            if args.eager:
-                rnd.append(run_minids(args.iters, args.threads, args.seed, False, dataset))
-            if args.compile:
-                rnd.append(run_minids(args.iters, args.threads, args.seed, True, dataset))
-            if work:
-                rnd.append(run_nanogpt(work, args.iters, args.threads))
-            for x in rnd:
+            runs = ([lambda: run_minids(args.iters, args.threads, args.seed, False, dataset)] if args.eager else []) \
+                + ([lambda: run_minids(args.iters, args.threads, args.seed, True, dataset)] if args.compile else []) \
+                + ([lambda: run_nanogpt(work, args.iters, args.threads)] if work else [])
+            for run in runs:            # each run printed as it ends: a slow machine keeps what finished
+                x = run()
+                rnd.append(x)
                 print(f"  round {r + 1}: {x['name']}: loop {x['loop_s']:.1f} s, {x['tokens_per_s']:,.0f} tokens/s"
                       + (f", compile {x['compile_s']:.1f} s" if x["compile_s"] is not None else "")
                       + f", val {x['val']:.4f}", flush=True)
