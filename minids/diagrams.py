@@ -20,6 +20,7 @@ the same size in every diagram and every diagram fits a notebook's width (at mos
 | `v3_block` | 06 | a DeepSeek-V3 block (report Figure 2): MLA and DeepSeekMoE on the residual stream |
 | `mtp_chain` | 05 | the sequential MTP modules (report Figure 3) |
 | `speculative_timeline` | 05 | self-speculative decoding: draft -> verify -> accept / roll back |
+| `fp8_linear` | 09 | FP8 training of one linear layer (report Figure 6): three FP8 GEMMs, the rest in BF16/FP32 |
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ KINDS = {
     "cache": ("#c9e7bd", "kept in the KV cache"),
     "out": ("#f4cccc", "outputs, losses"),
     "off": ("#f7f7f7", "not used"),
+    "fp8": ("#f9cb9c", "FP8 (E4M3) tensor"),
+    "quant": ("#e4dcf2", "quantization (a scale per tile or block)"),
 }
 CACHE_EDGE = "#38761d"
 EDGE = "#555555"
@@ -627,6 +630,56 @@ def speculative_timeline():
     return c.fig
 
 
+# ===================================================================================== chapter 09
+def fp8_linear():
+    """FP8 training of one linear layer (chapter 09; after the report's Figure 6, sec. 3.3): the three
+    matrix products of a training step run in FP8 with FP32 accumulation; activations are quantized
+    in 1x128 tiles, weights in 128x128 blocks; master weights, weight gradients and the optimizer stay
+    in higher precision."""
+    c = _Canvas(19, 11.6, "FP8 training of one linear layer (V3 report, Figure 6)")
+    rows = {"fprop": 9.0, "dgrad": 6.1, "wgrad": 3.2}
+    for name, y in rows.items():
+        c.note(0.9, y, {"fprop": "forward", "dgrad": "backward:\ninput grad", "wgrad": "backward:\nweight grad"}[name],
+               fontsize=SMALL, fontweight="bold")
+    # forward: y = x W^T
+    c.box("x", 3.4, rows["fprop"], "x (BF16)", kind="hidden", w=2.2)
+    c.box("qx", 6.4, rows["fprop"], "quantize\n1x128 tiles", kind="quant", w=2.4, h=1.0, fontsize=SMALL)
+    c.box("fp", 10.4, rows["fprop"], "Fprop GEMM\nFP8 x FP8", kind="fp8", w=2.8, h=1.0, fontsize=SMALL)
+    c.box("y", 15.6, rows["fprop"], "y (BF16)", kind="out", w=2.2)
+    c.arrow(("x", "e"), ("qx", "w"))
+    c.arrow(("qx", "e"), ("fp", "w"), label="x in FP8", label_dy=0.3)
+    c.arrow(("fp", "e"), ("y", "w"), label="FP32 accumulate", label_dy=0.3)
+    # the weight: master copy in FP32, quantized per 128x128 block for both GEMMs that read it
+    c.box("w", 16.3, 7.55, "master W (FP32)", kind="proj", w=3.2, h=0.8)
+    c.box("qw", 12.9, 7.55, "W: 128x128 blocks", kind="fp8", w=3.2, h=0.8, fontsize=SMALL)
+    c.arrow(("w", "w"), ("qw", "e"))
+    c.arrow(("qw", "n", -1.2), ("fp", "s", 0.3))
+    # input gradient: dx = dy W
+    c.box("dy", 3.4, rows["dgrad"], "dy (BF16)", kind="hidden", w=2.2)
+    c.box("qdy", 6.4, rows["dgrad"], "quantize\n1x128 tiles", kind="quant", w=2.4, h=1.0, fontsize=SMALL)
+    c.box("dg", 10.4, rows["dgrad"], "Dgrad GEMM\nFP8 x FP8", kind="fp8", w=2.8, h=1.0, fontsize=SMALL)
+    c.box("dx", 15.6, rows["dgrad"], "dx (BF16)", kind="out", w=2.2)
+    c.arrow(("dy", "e"), ("qdy", "w"))
+    c.arrow(("qdy", "e"), ("dg", "w"))
+    c.arrow(("dg", "e"), ("dx", "w"), label="FP32 accumulate", label_dy=0.3)
+    c.arrow(("qw", "s", -1.2), ("dg", "n", 0.3))
+    # weight gradient: dW = dy^T x, from the FP8 copies made above
+    c.box("wg", 10.4, rows["wgrad"], "Wgrad GEMM\nFP8 x FP8", kind="fp8", w=2.8, h=1.0, fontsize=SMALL)
+    c.box("dw", 14.4, rows["wgrad"], "dW (FP32)", kind="out", w=2.2)
+    c.box("opt", 17.3, rows["wgrad"], "AdamW\n(moments BF16)", kind="proj", w=2.6, h=1.0, fontsize=SMALL)
+    c.arrow(("qx", "s", 1.0), ("wg", "w", 0.25), ls="--", label="x's FP8 copy,\nkept", label_at=0.22,
+            label_dx=-1.3)
+    c.arrow(("qdy", "s"), ("wg", "w", -0.25), label="dy in FP8", label_at=0.55, label_dx=-0.9)
+    c.arrow(("wg", "e"), ("dw", "w"))
+    c.arrow(("dw", "e"), ("opt", "w"))
+    c.arrow(("opt", "n"), ("w", "s"), label="update", label_dx=0.75)
+    c.note(9.6, 1.75, "Every GEMM multiplies FP8 numbers and adds them in FP32: the tensor cores' partial sums are "
+                      "promoted to FP32\nevery 128 elements (N_C = 128). Outside the GEMMs (norms, attention "
+                      "core, router, embedding, head) V3 stays in BF16/FP32.", fontsize=SMALL)
+    c.legend(["hidden", "quant", "fp8", "proj", "out"], y=0.85, x0=0.6)
+    return c.fig
+
+
 DIAGRAMS = {
     "attention_lookup": attention_lookup,
     "rope_rotation": rope_rotation,
@@ -638,4 +691,5 @@ DIAGRAMS = {
     "v3_block": v3_block,
     "mtp_chain": mtp_chain,
     "speculative_timeline": speculative_timeline,
+    "fp8_linear": fp8_linear,
 }

@@ -41,6 +41,8 @@ PARTS = {
                   "(eq 21)", "(eq 22)", "(eq 24)", "RMSNorm", "targets", "input", "V3 uses D = 1"],
     "speculative_timeline": ["draft", "verify", "accept", "reject", "crop", "round 3", "3 main forwards",
                              "min(1, p/q)"],
+    "fp8_linear": ["Fprop GEMM", "Dgrad GEMM", "Wgrad GEMM", "1x128 tiles", "128x128 blocks", "master W (FP32)",
+                   "FP32 accumulate", "AdamW", "every 128 elements", "FP8 (E4M3) tensor"],
 }
 
 
